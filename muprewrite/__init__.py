@@ -1,0 +1,12 @@
+"""muprewrite: compile a PyTorch model into its Maximal Update Parametrization (muP).
+
+    result = muprewrite.mupify(make_model, base=64, target=1024)
+    optimizer = torch.optim.AdamW(result.param_groups(lr=3e-3, weight_decay=0.1))
+"""
+
+from .api import Result, apply_plan, mupify
+from .errors import MuRewriteError, VerificationError
+from .passes.emit import param_groups
+from .plan import Plan
+
+__all__ = ["mupify", "apply_plan", "param_groups", "Plan", "Result", "MuRewriteError", "VerificationError"]

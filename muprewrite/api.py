@@ -1,0 +1,146 @@
+"""The Python API: the whole pipeline as one call, and a plan applied to a model you already have."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from .errors import MuRewriteError
+from .loading import infer_example_inputs
+from .passes.attention import find_attention
+from .passes.capture import build_model, capture
+from .passes.decide import decide
+from .passes.dims import analyse_dims
+from .passes.emit import param_groups, write_artifacts
+from .passes.init_scan import scan_init
+from .passes.realize import realize
+from .passes.rewrite import code_diff, rewrite_graph
+from .passes.roles import classify_uses
+from .passes.verify import verify
+from .plan import Plan
+from .report import Report
+from .rules import PARAMETRIZATIONS
+from .widths import Widths
+
+
+@dataclass
+class Result:
+    """What `mupify` returns: the rewritten model (your own class), its plan, and the report."""
+
+    model: nn.Module | None
+    plan: Plan
+    report: Report
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0, optimizer: str = "adamw") -> list:
+        """Parameter groups for `torch.optim` with the plan's per-tensor LR and weight decay."""
+        if self.model is None:
+            raise MuRewriteError("this result has no model (materialize=False); use muprewrite.param_groups(model, plan, ...)")
+        return param_groups(self.model, self.plan, lr, weight_decay, optimizer)
+
+    def save(self, out_dir) -> list:
+        """Write plan.json, report.md and report.html into `out_dir`."""
+        return write_artifacts(self.plan, self.report, out_dir)
+
+    def __rich__(self):
+        return self.report.__rich__()
+
+    def _repr_html_(self) -> str:
+        return self.report.to_html()
+
+
+def mupify(factory, *, base: int, target: int, delta: int | None = None, example_inputs=None,
+           parametrization: str = "mup", options: dict | None = None, verify_width: bool = True,
+           materialize: bool = True, progress: bool = False) -> Result:
+    """Compile `factory(width) -> nn.Module` into its muP version at `target` width.
+
+    The model is captured at `base`, `delta` (default 2 * base) and `target` on the meta device;
+    a dim is infinite when it differs between base and delta. The returned model is built by
+    `factory(target)` and edited in place (your class, your hierarchy); the plan is verified
+    at width `delta` against the edited graph unless `verify_width=False`.
+    """
+    widths = _check_widths(base, delta, target)
+    if parametrization not in PARAMETRIZATIONS:
+        raise MuRewriteError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
+    with _Steps(progress) as step:
+        step("building example inputs")
+        inputs = example_inputs if example_inputs is not None else infer_example_inputs(build_model(factory, base, "meta"))
+        step("capturing the model at 3 widths")
+        captures = capture(factory, inputs, widths)
+        step("classifying dims, roles and attention")
+        flow = analyse_dims(captures)
+        uses, sites = classify_uses(flow), find_attention(flow)
+        step("measuring the model's own init")
+        init = scan_init(factory, widths)
+
+        def plan_at(at: str) -> Plan:
+            return decide(flow, uses, sites, init, parametrization, options, at)
+
+        plan = plan_at("target")
+        step("rewriting the graph")
+        diff = _target_diff(captures, plan)
+        verification = None
+        if verify_width:
+            step(f"verifying at width {widths.delta}")
+            verification = {"width": widths.delta, **verify(factory, inputs, plan_at("delta"), widths.delta)}
+        model = None
+        if materialize:
+            step(f"building the model at width {target}")
+            model = realize(build_model(factory, target), plan, reinit=True)
+    return Result(model=model, plan=plan, report=Report(plan, diff, verification))
+
+
+def apply_plan(model: nn.Module, plan: Plan | str | Path, *, reinit: bool = False, inplace: bool = False) -> nn.Module:
+    """Apply a saved plan to a model of the plan's target width.
+
+    `reinit=False` (the default) keeps the weights — right for a checkpoint-loaded model; use
+    `reinit=True` on a freshly built model to get muP's init. The model is copied first
+    unless `inplace=True`.
+    """
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    if not inplace:
+        model = copy.deepcopy(model)
+    return realize(model, plan, reinit=reinit)
+
+
+def _check_widths(base: int, delta: int | None, target: int) -> Widths:
+    delta = 2 * base if delta is None else delta
+    for name, value in (("base", base), ("delta", delta), ("target", target)):
+        if not isinstance(value, int) or value <= 0:
+            raise MuRewriteError(f"{name} width must be a positive integer, got {value!r}")
+    if delta == base:
+        raise MuRewriteError(f"delta width must differ from base width ({base}); e.g. delta = 2 * base")
+    return Widths(base, delta, target)
+
+
+def _target_diff(captures, plan: Plan) -> str:
+    module = captures.programs["target"].module()
+    before = module.code
+    return code_diff(before, rewrite_graph(module, plan).code)
+
+
+class _Steps:
+    """A transient rich progress display of the pipeline's steps (on stderr), or nothing."""
+
+    def __init__(self, enabled: bool):
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                 console=Console(stderr=True), transient=True, disable=not enabled)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __call__(self, description: str) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=1)
+        self.task = self.progress.add_task(description, total=1)
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)

@@ -1,0 +1,95 @@
+"""`muprewrite model.py`: compile a model file's factory into muP and report what changed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from .api import mupify
+from .errors import MuRewriteError
+from .loading import load_model_file
+from .rules import PARAMETRIZATIONS
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="muprewrite",
+        description="Rewrite a PyTorch model into its Maximal Update Parametrization (muP). MODEL is a "
+        "Python file defining make_model(width) -> nn.Module, and optionally example_inputs(), "
+        "BASE_WIDTH and TARGET_WIDTH; MODEL:NAME picks another factory.",
+    )
+    parser.add_argument("model", metavar="MODEL[:FACTORY]", help="path to model.py, optionally :factory_name")
+    parser.add_argument("--base", type=int, help="base width (default: BASE_WIDTH in the model file)")
+    parser.add_argument("--delta", type=int, help="second small width that tells which dims grow (default: 2 x base)")
+    parser.add_argument("--target", type=int, help="target width (default: TARGET_WIDTH in the model file)")
+    parser.add_argument("--parametrization", choices=PARAMETRIZATIONS, default="mup")
+    parser.add_argument("--out", metavar="DIR", help="write plan.json, report.md and report.html into DIR")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON on stdout and nothing else")
+    parser.add_argument("--no-verify", action="store_true", help="skip checking the realized model against the edited graph")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except MuRewriteError as exc:
+        if args.debug:
+            raise
+        _error(str(exc))
+        return EXIT_USER_ERROR
+    except Exception as exc:  # a bug of ours: still one line, unless --debug
+        if args.debug:
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback and report it)")
+        return EXIT_INTERNAL_ERROR
+
+
+def run(args) -> int:
+    factory, module = load_model_file(args.model)
+    base = _width(args.base, module, "BASE_WIDTH", "--base")
+    target = _width(args.target, module, "TARGET_WIDTH", "--target")
+    inputs = _example_inputs(module)
+    result = mupify(factory, base=base, delta=args.delta, target=target, example_inputs=inputs,
+                    parametrization=args.parametrization, verify_width=not args.no_verify,
+                    materialize=False, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(result.plan.to_json())
+    else:
+        Console().print(result.report)
+    if args.out:
+        paths = result.save(args.out)
+        if not args.json:
+            Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _width(flag_value, module, attribute: str, flag: str) -> int:
+    value = flag_value if flag_value is not None else getattr(module, attribute, None)
+    if value is None:
+        raise MuRewriteError(f"no {flag.strip('-')} width: pass {flag} N or define {attribute} in the model file")
+    return value
+
+
+def _example_inputs(module):
+    make_inputs = getattr(module, "example_inputs", None)
+    if make_inputs is None:
+        return None
+    try:
+        return make_inputs()
+    except Exception as exc:
+        raise MuRewriteError(f"example_inputs() in the model file failed: {type(exc).__name__}: {exc}; fix it or remove it") from exc
+
+
+def _error(message: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

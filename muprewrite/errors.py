@@ -1,0 +1,17 @@
+"""Errors the user can act on: each message names the problem and the fix in one line."""
+
+
+class MuRewriteError(Exception):
+    """Bad input or an unsupported model; the CLI prints it as one line and exits non-zero."""
+
+
+class CaptureError(MuRewriteError):
+    """The model could not be captured as a graph at one of the widths."""
+
+
+class WidthError(MuRewriteError):
+    """The widths do not define a consistent set of infinite dimensions."""
+
+
+class VerificationError(MuRewriteError):
+    """The realized model disagrees with the edited graph: the rewrite is not trustworthy."""

@@ -1,0 +1,121 @@
+"""The plan: every decision the compiler makes, in one JSON-serialisable record.
+
+The report, `plan.json`, the optimizer parameter groups and the realization all read the plan;
+nothing is stored on tensors. A plan holds concrete numbers for one target width and can be
+saved and re-applied to a fresh or checkpoint-loaded model of that width.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import MuRewriteError
+
+OPTIMIZER_FAMILIES = {"adam": "adam", "adamw": "adam", "sgd": "sgd"}
+
+
+@dataclass
+class ParamPlan:
+    shape: list
+    base_shape: list
+    infinite: list
+    role: str
+    init_std: dict  # {"before": the model's own std at target, "after": the muP std}
+    lr_mult: dict  # {"adam": x, "sgd": y}
+    wd_mult: dict  # {"adam": x, "sgd": y}
+    uses: list = field(default_factory=list)  # [{"node", "op", "module", "role", ...}]
+    aliases: list = field(default_factory=list)  # other names of a tied tensor
+
+    @property
+    def init_ratio(self) -> float:
+        before, after = self.init_std["before"], self.init_std["after"]
+        return after / before if before > 0 else 1.0
+
+
+@dataclass
+class Edit:
+    kind: str  # "readout_multiplier" | "attention_scale"
+    module: str  # path of the module whose forward runs the op ("" = root)
+    node: str  # graph node of the op
+    old: float
+    new: float
+    realized_by: str  # "forward_pre_hook" | "call_interception"
+    family: str  # "linear" | "matmul" | "sdpa": what kind of call the op comes from
+    occurrence: int  # index of this call among `family` calls while `module` runs
+    apply_to: str  # "input" (scale the activation operand), "output", or "scale_kwarg"
+    operand: object = None  # argument position of the scaled activation (apply_to == "input")
+    param: str | None = None  # the readout weight, for readout multipliers
+
+    @property
+    def factor(self) -> float:
+        return self.new / self.old
+
+
+@dataclass
+class Warning:
+    code: str
+    message: str
+    reference: str
+    subjects: list = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    parametrization: str
+    base_width: int
+    delta_width: int
+    target_width: int
+    options: dict
+    parameters: dict  # name -> ParamPlan
+    edits: list  # [Edit]
+    warnings: list  # [Warning]
+
+    def param(self, name: str) -> ParamPlan | None:
+        if name in self.parameters:
+            return self.parameters[name]
+        return next((p for p in self.parameters.values() if name in p.aliases), None)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for edit in data["edits"]:
+            if isinstance(edit["operand"], tuple):
+                edit["operand"] = list(edit["operand"])
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        try:
+            return cls(
+                **{k: data[k] for k in ("parametrization", "base_width", "delta_width", "target_width")},
+                options=data.get("options", {}),
+                parameters={k: ParamPlan(**v) for k, v in data["parameters"].items()},
+                edits=[Edit(**_operand_as_tuple(e)) for e in data["edits"]],
+                warnings=[Warning(**w) for w in data["warnings"]],
+            )
+        except (KeyError, TypeError) as exc:
+            raise MuRewriteError(f"not a muprewrite plan ({exc}); pass a plan.json written by muprewrite") from exc
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise MuRewriteError(f"plan file {path} does not exist; pass the plan.json written by `muprewrite --out`")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise MuRewriteError(f"{path} is not valid JSON ({exc}); pass a plan.json written by muprewrite") from exc
+        return cls.from_dict(data)
+
+
+def _operand_as_tuple(edit: dict) -> dict:
+    if isinstance(edit.get("operand"), list):
+        edit = {**edit, "operand": tuple(edit["operand"])}
+    return edit

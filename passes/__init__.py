@@ -1,0 +1,1 @@
+"""The compiler passes, one a file; each docstring says what the pass reads and writes."""

@@ -1,0 +1,123 @@
+"""capture: build the model at every width and capture each as an FX graph.
+
+Reads:  a `factory(width) -> nn.Module`, example inputs (a tuple of args or a dict of kwargs),
+        the `Widths` (base, delta, target).
+Writes: `Captures` — one `torch.export.ExportedProgram` per width name, captured with
+        `torch.export.export(strict=False)` in train mode with static shapes. Models are built
+        on the `meta` device, so capturing a 4096-wide model allocates no parameter memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from .. import errors
+from ..errors import CaptureError
+from ..widths import WIDTH_NAMES, Widths
+
+_LIBRARY_DIRS = (Path(torch.__file__).parent.parent, Path(contextlib.__file__).parent)
+_OWN_DIRS = (Path(__file__).resolve().parent, Path(errors.__file__).resolve().parent)
+
+
+@dataclass
+class Captures:
+    widths: Widths
+    programs: dict  # width name -> torch.export.ExportedProgram
+    aliases: dict  # parameter FQN -> the other names of the same (tied) tensor
+
+
+def build_model(factory, width: int, device: str | torch.device = "cpu") -> nn.Module:
+    """Call the user's factory at `width`, with tensors created on `device` by default."""
+    try:
+        with torch.device(device):
+            model = factory(width)
+    except Exception as exc:  # the user's code: report it, don't crash
+        raise CaptureError(
+            f"the model factory failed at width {width}: {type(exc).__name__}: {exc}"
+            f"{_where(exc)}; check that it accepts any width the CLI passes"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise CaptureError(
+            f"the model factory returned {type(model).__name__} at width {width}, not an "
+            "nn.Module; make it return the model"
+        )
+    _disable_kv_cache(model)
+    return model
+
+
+def to_device(inputs, device):
+    return tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, inputs)
+
+
+def export_model(model: nn.Module, inputs, device) -> torch.export.ExportedProgram:
+    """Capture `model` in train mode; tensors the forward creates land on `device`."""
+    args, kwargs = split_inputs(to_device(inputs, device))
+    model.train()
+    try:
+        with torch.device(device), contextlib.redirect_stderr(io.StringIO()):
+            return torch.export.export(model, args, kwargs, strict=False)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CaptureError(
+            f"torch.export could not capture {type(model).__name__}: {first_line}{_where(exc)}; "
+            "make that code traceable (no Python branches on tensor values, no .item(), no "
+            "printing tensors) or run with --debug for the full trace"
+        ) from exc
+
+
+def capture(factory, inputs, widths: Widths) -> Captures:
+    """Build on `meta` and export the model at base, delta and target width."""
+    programs = {}
+    for name in WIDTH_NAMES:
+        model = build_model(factory, widths[name], device="meta")
+        programs[name] = export_model(model, inputs, "meta")
+    return Captures(widths=widths, programs=programs, aliases=tied_names(model))
+
+
+def tied_names(model: nn.Module) -> dict:
+    """First name of each tensor registered under several names -> its other names."""
+    names_by_tensor = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_by_tensor.setdefault(id(param), []).append(name)
+    return {names[0]: names[1:] for names in names_by_tensor.values() if len(names) > 1}
+
+
+def split_inputs(inputs):
+    """Example inputs are a tuple of positional args, a dict of kwargs, or a single tensor."""
+    if isinstance(inputs, dict):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def _disable_kv_cache(model: nn.Module) -> None:
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "use_cache", False):
+        config.use_cache = False
+
+
+def _where(exc: BaseException) -> str:
+    """' (at file:line: code)' for the innermost frame of the user's own code, if any."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if not _is_library(f.filename)]
+    if not own:
+        return ""
+    frame = own[-1]
+    code = f": `{frame.line.strip()}`" if frame.line else ""
+    return f" (at {frame.filename}:{frame.lineno}{code})"
+
+
+def _is_library(filename: str) -> bool:
+    path = Path(filename).resolve()
+    if path.parent in _OWN_DIRS:
+        return True
+    return any(root in path.parents for root in _LIBRARY_DIRS) or "site-packages" in path.parts

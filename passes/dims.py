@@ -1,0 +1,160 @@
+"""dims: match the graphs captured at each width node by node and mark every dim finite or infinite.
+
+Reads:  `Captures` (one exported program per width).
+Writes: `Dataflow` — a networkx DiGraph over the graph's nodes (an edge runs from an argument
+        to its user). Each node carries `fx` (its torch.fx Node per width name), `shape` (a
+        `WidthShape`, a list of them for multi-output nodes, or None), `param` (the parameter
+        FQN of a parameter placeholder), `module` and `module_type` (the innermost module that ran it).
+Raises: `WidthError` when the graphs differ between widths (naming the first differing node),
+        when a dim is equal at base and delta but differs at target (the `mup` package would
+        silently call it finite), or when no dim is infinite (the factory ignores width).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+from torch import fx
+
+from ..errors import WidthError
+from ..widths import WIDTH_NAMES, Widths, WidthShape
+from .capture import Captures
+
+
+@dataclass
+class Dataflow:
+    graph: nx.DiGraph
+    widths: Widths
+    captures: Captures
+
+    def fx(self, name: str, at: str = "target") -> fx.Node:
+        return self.graph.nodes[name]["fx"][at]
+
+    def shape(self, name: str) -> WidthShape | None:
+        return self.graph.nodes[name]["shape"]
+
+    def module(self, name: str) -> str:
+        return self.graph.nodes[name]["module"]
+
+    def module_type(self, name: str) -> str:
+        return self.graph.nodes[name]["module_type"]
+
+    def in_scope(self, name: str, scope: str) -> bool:
+        """Whether `name` ran inside the module at path `scope` (itself or a descendant)."""
+        module = self.module(name)
+        return scope == "" or module == scope or module.startswith(scope + ".")
+
+    def parameters(self) -> dict:
+        """Parameter FQN -> placeholder node name, in graph order."""
+        return {d["param"]: n for n, d in self.graph.nodes(data=True) if d["param"]}
+
+
+def analyse_dims(captures: Captures) -> Dataflow:
+    graphs = {name: captures.programs[name].graph for name in WIDTH_NAMES}
+    params = captures.programs["target"].graph_signature.inputs_to_parameters
+    graph = nx.DiGraph()
+    rows = zip(*(graphs[name].nodes for name in WIDTH_NAMES))
+    for nodes in rows:
+        by_width = dict(zip(WIDTH_NAMES, nodes))
+        _check_same_node(by_width)
+        target = by_width["target"]
+        shape = _width_shape(by_width)
+        graph.add_node(
+            target.name,
+            fx=by_width,
+            shape=shape,
+            param=params.get(target.name),
+            module=_innermost_module(target)[0],
+            module_type=_innermost_module(target)[1],
+        )
+        for arg in target.all_input_nodes:
+            graph.add_edge(arg.name, target.name)
+    _check_lengths(graphs)
+    _check_some_dim_infinite(graph, captures.widths)
+    return Dataflow(graph=graph, widths=captures.widths, captures=captures)
+
+
+def _check_same_node(by_width: dict) -> None:
+    base = by_width["base"]
+    for name, node in by_width.items():
+        if (node.name, node.op, str(node.target)) != (base.name, base.op, str(base.target)):
+            raise WidthError(
+                f"the graph at {name} width differs from the base graph at node '{base.name}' "
+                f"({base.target} vs {node.name}: {node.target}); the model's structure must not "
+                "depend on width (same layers and ops at every width)"
+            )
+
+
+def _check_lengths(graphs: dict) -> None:
+    lengths = {name: len(g.nodes) for name, g in graphs.items()}
+    if len(set(lengths.values())) > 1:
+        shortest = min(lengths, key=lengths.get)
+        extra = list(graphs["target" if shortest != "target" else "base"].nodes)[lengths[shortest]]
+        raise WidthError(
+            f"the graphs differ in length between widths {lengths}: first extra node "
+            f"'{extra.name}' ({extra.target}); the model's structure must not depend on width"
+        )
+
+
+def _width_shape(by_width: dict):
+    vals = {name: node.meta.get("val") for name, node in by_width.items()}
+    if all(isinstance(v, torch.Tensor) for v in vals.values()):
+        return _checked_shape(by_width["base"].name, {k: tuple(v.shape) for k, v in vals.items()})
+    if all(isinstance(v, (list, tuple)) for v in vals.values()):
+        parts = zip(*vals.values())
+        return [_part_shape(by_width["base"].name, i, dict(zip(vals, p))) for i, p in enumerate(parts)]
+    return None
+
+
+def _part_shape(name: str, index: int, vals: dict):
+    if not all(isinstance(v, torch.Tensor) for v in vals.values()):
+        return None
+    return _checked_shape(f"{name}[{index}]", {k: tuple(v.shape) for k, v in vals.items()})
+
+
+def _checked_shape(name: str, sizes: dict) -> WidthShape:
+    ranks = {len(s) for s in sizes.values()}
+    if len(ranks) > 1:
+        raise WidthError(
+            f"node '{name}' has a different rank at different widths {sizes}; the model's "
+            "structure must not depend on width"
+        )
+    for dim, (b, d, t) in enumerate(zip(sizes["base"], sizes["delta"], sizes["target"])):
+        if b == d and t != b:
+            raise WidthError(
+                f"dim {dim} of '{name}' is {b} at base and delta but {t} at target: it would be "
+                "treated as finite although it grows; pick a delta width at which it differs "
+                "from base (or make it not depend on width)"
+            )
+    return WidthShape(sizes=sizes)
+
+
+def _check_some_dim_infinite(graph: nx.DiGraph, widths: Widths) -> None:
+    for _, data in graph.nodes(data=True):
+        if data["param"] and data["shape"] is not None and data["shape"].num_infinite:
+            return
+    raise WidthError(
+        f"no parameter changes shape between widths {widths.base} and {widths.delta}: the "
+        "model factory seems to ignore its width argument; make the hidden sizes depend on it"
+    )
+
+
+def _innermost_module(node: fx.Node) -> tuple:
+    """(path, qualified type name) of the innermost module that ran `node`."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, module_type = list(stack.values())[-1]
+    if isinstance(module_type, type):
+        module_type = f"{module_type.__module__}.{module_type.__qualname__}"
+    return _clean_path(path), str(module_type)
+
+
+def _clean_path(path: str) -> str:
+    """nn_module_stack paths look like "L['self'].blocks[0].attn" in some versions, "blocks.0.attn" in others."""
+    path = path.replace("L['self'].", "").replace("L['self']", "")
+    for ch in "[]":
+        path = path.replace(ch, "." if ch == "[" else "")
+    return path.strip(".").replace("..", ".")

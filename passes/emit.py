@@ -1,0 +1,48 @@
+"""emit: the artifacts users take away, all read from the plan.
+
+Reads:  a `Plan` (and a model, for parameter groups).
+Writes: optimizer parameter groups — plain dicts any `torch.optim` optimizer, LR scheduler or
+        FSDP accepts — and the files `plan.json`, `report.md`, `report.html`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import MuRewriteError
+from ..plan import OPTIMIZER_FAMILIES, Plan
+
+
+def param_groups(model: nn.Module, plan: Plan, lr: float, weight_decay: float = 0.0,
+                 optimizer: str = "adamw") -> list:
+    """One group per distinct (LR, weight decay) pair, in parameter order.
+
+    At base width every multiplier is 1, so this is a single group with model.parameters()
+    in order — the same optimizer state as a plain optimizer.
+    """
+    if optimizer not in OPTIMIZER_FAMILIES:
+        raise MuRewriteError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZER_FAMILIES)}")
+    family = OPTIMIZER_FAMILIES[optimizer]
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        entry = plan.param(name)
+        lr_mult = entry.lr_mult[family] if entry else 1.0
+        wd_mult = entry.wd_mult[family] if entry else 1.0
+        key = (lr * lr_mult, weight_decay * wd_mult)
+        group = groups.setdefault(key, {"params": [], "lr": key[0], "weight_decay": key[1], "names": []})
+        group["params"].append(param)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def write_artifacts(plan: Plan, report, out_dir) -> list:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"plan.json": plan.to_json(), "report.md": report.to_markdown(), "report.html": report.to_html()}
+    for name, text in files.items():
+        (out / name).write_text(text)
+    return [out / name for name in files]

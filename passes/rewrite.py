@@ -1,0 +1,58 @@
+"""rewrite: apply the plan's use-site edits to a captured graph, as explicit graph nodes.
+
+Reads:  a GraphModule (`ExportedProgram.module()`, captured at the plan's width) and a `Plan`.
+Writes: the same GraphModule, edited in place and recompiled: a readout multiplier becomes a
+        `mul` on the readout's activation input, a q·k scale a `mul` after the contraction, an
+        SDPA scale its `scale=` argument. This edited graph is the verification oracle for the
+        realized model and the source of the report's code diff.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import fx
+
+from ..plan import Plan
+
+_MUL = torch.ops.aten.mul.Tensor
+
+
+def rewrite_graph(module: fx.GraphModule, plan: Plan) -> fx.GraphModule:
+    nodes = {node.name: node for node in module.graph.nodes}
+    for edit in plan.edits:
+        node = nodes[edit.node]
+        if edit.apply_to == "scale_kwarg":
+            node.kwargs = {**node.kwargs, "scale": edit.new}
+        elif edit.apply_to == "output":
+            _scale_output(module.graph, node, edit.factor)
+        else:
+            _scale_input(module.graph, node, edit.operand, edit.factor)
+    module.graph.lint()
+    module.recompile()
+    return module
+
+
+def code_diff(before: str, after: str) -> str:
+    """A unified diff of two generated forward() sources, with a little context."""
+    lines = difflib.unified_diff(before.splitlines(), after.splitlines(), "original", "muP", n=1, lineterm="")
+    return "\n".join(line.strip() if line.startswith("@@") else line for line in lines)
+
+
+def _scale_output(graph: fx.Graph, node: fx.Node, factor: float) -> None:
+    with graph.inserting_after(node):
+        scaled = graph.call_function(_MUL, (node, factor))
+    node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
+
+
+def _scale_input(graph: fx.Graph, node: fx.Node, operand, factor: float) -> None:
+    if isinstance(operand, (tuple, list)):  # aten.einsum(equation, [operands])
+        operands = list(node.args[1])
+        with graph.inserting_before(node):
+            operands[operand[1]] = graph.call_function(_MUL, (operands[operand[1]], factor))
+        node.update_arg(1, operands)
+        return
+    with graph.inserting_before(node):
+        scaled = graph.call_function(_MUL, (node.args[operand], factor))
+    node.update_arg(operand, scaled)
