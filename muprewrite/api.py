@@ -16,7 +16,7 @@ from .loading import infer_example_inputs
 from .passes.attention import find_attention
 from .passes.capture import build_model, capture
 from .passes.decide import decide
-from .passes.dims import analyse_dims
+from .passes.dims import Dataflow, analyse_dims
 from .passes.emit import param_groups, write_artifacts
 from .passes.init_scan import scan_init
 from .passes.realize import realize
@@ -67,32 +67,46 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
     widths = _check_widths(base, delta, target)
     if parametrization not in PARAMETRIZATIONS:
         raise MuRewriteError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
-    with _Steps(progress) as step:
-        step("building example inputs")
-        inputs = example_inputs if example_inputs is not None else infer_example_inputs(build_model(factory, base, "meta"))
-        step("capturing the model at 3 widths")
-        captures = capture(factory, inputs, widths)
-        step("classifying dims, roles and attention")
-        flow = analyse_dims(captures)
-        uses, sites = classify_uses(flow), find_attention(flow)
-        step("measuring the model's own init")
-        init = scan_init(factory, widths)
-
-        def plan_at(at: str) -> Plan:
-            return decide(flow, uses, sites, init, parametrization, options, at)
-
-        plan = plan_at("target")
+    # The analysis must not consume the caller's RNG: the returned model is initialised exactly
+    # as `factory(target)` would be right now (bit for bit the original at base width).
+    with _Steps(progress) as step, torch.random.fork_rng(devices=[]):
+        analysis = analyse(factory, example_inputs, widths, step)
+        plan = analysis.plan(parametrization, options, "target")
         step("rewriting the graph")
-        diff = _target_diff(captures, plan)
+        diff = _target_diff(analysis.flow.captures, plan)
         verification = None
         if verify_width:
             step(f"verifying at width {widths.delta}")
-            verification = {"width": widths.delta, **verify(factory, inputs, plan_at("delta"), widths.delta)}
-        model = None
-        if materialize:
-            step(f"building the model at width {target}")
-            model = realize(build_model(factory, target), plan, reinit=True)
+            delta_plan = analysis.plan(parametrization, options, "delta")
+            verification = {"width": widths.delta, **verify(factory, analysis.inputs, delta_plan, widths.delta)}
+    model = realize(build_model(factory, target), plan, reinit=True) if materialize else None
     return Result(model=model, plan=plan, report=Report(plan, diff, verification))
+
+
+@dataclass
+class Analysis:
+    """What the analysis passes found; plans for any captured width are made from it."""
+
+    inputs: object
+    flow: Dataflow
+    uses: dict
+    sites: list
+    init: dict
+
+    def plan(self, parametrization: str = "mup", options: dict | None = None, at: str = "target") -> Plan:
+        return decide(self.flow, self.uses, self.sites, self.init, parametrization, options, at)
+
+
+def analyse(factory, example_inputs, widths: Widths, step=lambda description: None) -> Analysis:
+    """Run the analysis passes: capture, dims, roles, attention, init scan."""
+    step("building example inputs")
+    inputs = example_inputs if example_inputs is not None else infer_example_inputs(build_model(factory, widths.base, "meta"))
+    step("capturing the model at 3 widths")
+    flow = analyse_dims(capture(factory, inputs, widths))
+    step("classifying roles and attention")
+    uses, sites = classify_uses(flow), find_attention(flow)
+    step("measuring the model's own init")
+    return Analysis(inputs, flow, uses, sites, scan_init(factory, widths))
 
 
 def apply_plan(model: nn.Module, plan: Plan | str | Path, *, reinit: bool = False, inplace: bool = False) -> nn.Module:

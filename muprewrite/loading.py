@@ -55,7 +55,7 @@ def _import_file(path: Path) -> ModuleType:
 
 
 def infer_example_inputs(model: nn.Module):
-    """Inputs for the obvious cases: the first layer with parameters is an Embedding, Linear or Conv."""
+    """Inputs for the obvious cases: the first Embedding, Linear or Conv (in module order) reads them."""
     generator = torch.Generator().manual_seed(0)
     for module in model.modules():
         if isinstance(module, nn.Embedding):
@@ -65,8 +65,6 @@ def infer_example_inputs(model: nn.Module):
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             spatial = (8,) * (module.weight.dim() - 2)
             return (torch.randn(2, module.in_channels, *spatial, generator=generator),)
-        if any(True for _ in module.parameters(recurse=False)):
-            break
     raise MuRewriteError(
         f"cannot guess example inputs for {type(model).__name__}; define example_inputs() in the "
         "model file (or pass example_inputs=...) returning a tuple of args or a dict of kwargs"

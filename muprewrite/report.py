@@ -85,7 +85,7 @@ class Report:
     def _parameter_table(self) -> Table:
         table = Table(title="Parameters (∞ marks an infinite dim)", title_justify="left")
         for col in ("name", "shape", "role", "init std before → after", "LR× Adam", "LR× SGD", "WD× Adam"):
-            table.add_column(col, justify="right" if "×" in col else "left")
+            table.add_column(col, justify="right" if "×" in col else "left", overflow="fold")
         for name, p in self.plan.parameters.items():
             style = "" if _changed(p) else "dim"
             table.add_row(_name_with_aliases(name, p), _shape(p), Text(_role(p), style=ROLE_STYLES.get(p.role, "")),
@@ -96,7 +96,7 @@ class Report:
     def _edit_table(self) -> Table:
         table = Table(title="Use-site edits", title_justify="left")
         for col in ("edit", "module", "node", "old → new", "realized by"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for e in self.plan.edits:
             table.add_row(e.kind, e.module or "(root)", e.node, f"{_num(e.old)} → {_num(e.new)}", e.realized_by)
         return table

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ def export_model(model: nn.Module, inputs, device) -> torch.export.ExportedProgr
     args, kwargs = split_inputs(to_device(inputs, device))
     model.train()
     try:
-        with torch.device(device), contextlib.redirect_stderr(io.StringIO()):
+        with torch.device(device), _quiet():
             return torch.export.export(model, args, kwargs, strict=False)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -90,6 +91,17 @@ def tied_names(model: nn.Module) -> dict:
     return {names[0]: names[1:] for names in names_by_tensor.values() if len(names) > 1}
 
 
+@contextlib.contextmanager
+def _quiet():
+    """torch.export logs warnings about the user's code; the error we raise says it in one line."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def split_inputs(inputs):
     """Example inputs are a tuple of positional args, a dict of kwargs, or a single tensor."""
     if isinstance(inputs, dict):
@@ -107,7 +119,10 @@ def _disable_kv_cache(model: nn.Module) -> None:
 
 def _where(exc: BaseException) -> str:
     """' (at file:line: code)' for the innermost frame of the user's own code, if any."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    frames = []
+    while exc is not None:  # torch often re-raises: the user's frame may sit in the cause
+        frames = traceback.extract_tb(exc.__traceback__) + frames
+        exc = exc.__cause__ or exc.__context__
     own = [f for f in frames if not _is_library(f.filename)]
     if not own:
         return ""

@@ -12,6 +12,7 @@ Raises: `WidthError` when the graphs differ between widths (naming the first dif
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import networkx as nx
@@ -54,13 +55,12 @@ class Dataflow:
 def analyse_dims(captures: Captures) -> Dataflow:
     graphs = {name: captures.programs[name].graph for name in WIDTH_NAMES}
     params = captures.programs["target"].graph_signature.inputs_to_parameters
+    _check_same_structure(graphs)
     graph = nx.DiGraph()
-    rows = zip(*(graphs[name].nodes for name in WIDTH_NAMES))
-    for nodes in rows:
+    for nodes in zip(*(graphs[name].nodes for name in WIDTH_NAMES)):
         by_width = dict(zip(WIDTH_NAMES, nodes))
-        _check_same_node(by_width)
         target = by_width["target"]
-        shape = _width_shape(by_width)
+        shape = _width_shape(by_width, params.get(target.name, target.name))
         graph.add_node(
             target.name,
             fx=by_width,
@@ -71,40 +71,39 @@ def analyse_dims(captures: Captures) -> Dataflow:
         )
         for arg in target.all_input_nodes:
             graph.add_edge(arg.name, target.name)
-    _check_lengths(graphs)
     _check_some_dim_infinite(graph, captures.widths)
     return Dataflow(graph=graph, widths=captures.widths, captures=captures)
 
 
-def _check_same_node(by_width: dict) -> None:
-    base = by_width["base"]
-    for name, node in by_width.items():
-        if (node.name, node.op, str(node.target)) != (base.name, base.op, str(base.target)):
-            raise WidthError(
-                f"the graph at {name} width differs from the base graph at node '{base.name}' "
-                f"({base.target} vs {node.name}: {node.target}); the model's structure must not "
-                "depend on width (same layers and ops at every width)"
-            )
+def _check_same_structure(graphs: dict) -> None:
+    """Same nodes, same ops, same order at every width; else name the first difference."""
+    rows = itertools.zip_longest(*(graphs[name].nodes for name in WIDTH_NAMES))
+    for nodes in rows:
+        base = nodes[0]
+        for name, node in zip(WIDTH_NAMES, nodes):
+            if _signature(node) != _signature(base):
+                raise WidthError(
+                    f"the graph at {name} width differs from the base graph at node "
+                    f"{_describe(base)} vs {_describe(node)}; the model's structure (layers, ops) "
+                    "must not depend on width"
+                )
 
 
-def _check_lengths(graphs: dict) -> None:
-    lengths = {name: len(g.nodes) for name, g in graphs.items()}
-    if len(set(lengths.values())) > 1:
-        shortest = min(lengths, key=lengths.get)
-        extra = list(graphs["target" if shortest != "target" else "base"].nodes)[lengths[shortest]]
-        raise WidthError(
-            f"the graphs differ in length between widths {lengths}: first extra node "
-            f"'{extra.name}' ({extra.target}); the model's structure must not depend on width"
-        )
+def _signature(node):
+    return None if node is None else (node.name, node.op, str(node.target))
 
 
-def _width_shape(by_width: dict):
+def _describe(node) -> str:
+    return "(end of graph)" if node is None else f"'{node.name}' ({node.target})"
+
+
+def _width_shape(by_width: dict, label: str):
     vals = {name: node.meta.get("val") for name, node in by_width.items()}
     if all(isinstance(v, torch.Tensor) for v in vals.values()):
-        return _checked_shape(by_width["base"].name, {k: tuple(v.shape) for k, v in vals.items()})
+        return _checked_shape(label, {k: tuple(v.shape) for k, v in vals.items()})
     if all(isinstance(v, (list, tuple)) for v in vals.values()):
         parts = zip(*vals.values())
-        return [_part_shape(by_width["base"].name, i, dict(zip(vals, p))) for i, p in enumerate(parts)]
+        return [_part_shape(label, i, dict(zip(vals, p))) for i, p in enumerate(parts)]
     return None
 
 

@@ -32,11 +32,12 @@ def verify(factory, inputs, plan: Plan, width: int, realize_fn=realize) -> dict:
     realized.train()
     got, got_grads = _run(realized, inputs)
     want, want_grads = _run(oracle, inputs)
-    _check_all_fired(realized, plan)
-    return {
+    differences = {
         "outputs": _compare("output", got, want),
         "gradients": _compare("gradient of", got_grads, want_grads),
     }
+    _check_all_fired(realized, plan)
+    return differences
 
 
 def _run(module, inputs):

@@ -1,0 +1,104 @@
+"""The command line: artifacts, JSON, model loading, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from muprewrite.cli import EXIT_USER_ERROR, main
+
+ROOT = Path(__file__).parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_out_writes_plan_and_reports(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_cli(capsys, ROOT / "examples" / "gpt_tied.py", "--out", tmp_path)
+    assert code == 0
+    assert "readout_multiplier" in out and "attention_scale" in out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["target_width"] == 256 and plan["base_width"] == 32 and plan["delta_width"] == 64
+    assert plan["parameters"]["wte.weight"]["infinite"] == [False, True]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| `wte.weight` |" in markdown and "```diff" in markdown
+    assert "<html" in (tmp_path / "report.html").read_text().lower()
+
+
+def test_json_prints_only_the_plan(capsys):
+    code, out, err = run_cli(capsys, ROOT / "examples" / "mlp.py", "--json", "--target", "256")
+    assert code == 0
+    plan = json.loads(out)  # nothing else on stdout
+    assert set(plan) >= {"parametrization", "base_width", "delta_width", "target_width", "parameters", "edits", "warnings"}
+    assert plan["target_width"] == 256
+    param = plan["parameters"]["fc2.weight"]
+    assert set(param) >= {"shape", "base_shape", "infinite", "role", "init_std", "lr_mult", "wd_mult"}
+    assert param["role"] == "hidden" and param["lr_mult"]["adam"] == pytest.approx(0.25)
+    edit = plan["edits"][0]
+    assert set(edit) >= {"kind", "module", "node", "old", "new", "realized_by"}
+
+
+def test_sp_parametrization_changes_nothing(capsys):
+    code, out, _ = run_cli(capsys, ROOT / "examples" / "gpt_sdpa.py", "--json", "--parametrization", "sp")
+    plan = json.loads(out)
+    assert code == 0 and plan["edits"] == []
+    for name, p in plan["parameters"].items():
+        assert p["lr_mult"] == {"adam": 1.0, "sgd": 1.0}, name
+        assert p["init_std"]["before"] == p["init_std"]["after"], name
+
+
+def test_sibling_import_inferred_inputs_and_other_factory(capsys):
+    code, out, _ = run_cli(capsys, FIXTURES / "sibling" / "model.py", "--json")
+    assert code == 0 and json.loads(out)["parameters"]["0.weight"]["role"] == "input"
+    code, out, _ = run_cli(capsys, f"{FIXTURES / 'sibling' / 'model.py'}:narrow_model", "--json", "--base", "32", "--target", "128")
+    assert code == 0 and json.loads(out)["parameters"]["2.weight"]["shape"] == [64, 64]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["missing.py"], "not found"),
+        ([FIXTURES / "sibling" / "model.py:nope"], "defines no function nope(width)"),
+        ([FIXTURES / "broken_import.py"], "importing"),
+        ([FIXTURES / "ignores_width.py"], "seems to ignore its width"),
+        ([FIXTURES / "finite_trap.py"], "is 16 at base and delta but 64 at target"),
+        ([FIXTURES / "structure_changes.py"], "differs from the base graph at node"),
+        ([FIXTURES / "data_dependent.py"], "data_dependent.py:15: `if h.sum() > 0:"),
+        ([FIXTURES / "factory_fails.py"], "width must be a multiple of 32"),
+        ([ROOT / "examples" / "mlp.py", "--base", "64", "--delta", "64"], "delta width must differ"),
+        ([FIXTURES / "ignores_width.py", "--base", "0"], "positive integer"),
+    ],
+)
+def test_bad_input_is_one_line_error(capsys, args, expected):
+    code, out, err = run_cli(capsys, *args)
+    assert code == EXIT_USER_ERROR
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and out == ""
+
+
+def test_unclassifiable_use_warns_and_keeps_sp(capsys):
+    code, out, _ = run_cli(capsys, FIXTURES / "unclassified.py", "--json")
+    plan = json.loads(out)
+    assert code == 0
+    offsets = plan["parameters"]["offsets"]
+    assert offsets["role"] == "unclassified"
+    assert offsets["lr_mult"] == {"adam": 1.0, "sgd": 1.0}
+    assert offsets["init_std"]["before"] == offsets["init_std"]["after"]
+    warning = next(w for w in plan["warnings"] if w["code"] == "unclassified-use")
+    assert warning["subjects"] == ["offsets"] and "cumsum" in warning["message"]
+
+
+def test_console_script_and_debug_traceback():
+    cmd = [sys.executable, "-m", "muprewrite.cli", str(FIXTURES / "finite_trap.py")]
+    plain = subprocess.run(cmd, capture_output=True, text=True)
+    assert plain.returncode == EXIT_USER_ERROR and "Traceback" not in plain.stderr
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "WidthError" in debug.stderr

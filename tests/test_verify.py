@@ -1,0 +1,84 @@
+"""The verify pass catches realizations that put an edit in the wrong place or drop it."""
+
+import dataclasses
+import importlib
+
+import pytest
+import torch
+
+from muprewrite import VerificationError
+from muprewrite.api import analyse
+from muprewrite.passes.realize import realize
+from muprewrite.passes.verify import verify
+from muprewrite.widths import Widths
+
+
+def delta_plan(name):
+    module = importlib.import_module(name)
+    widths = Widths(module.BASE_WIDTH, 2 * module.BASE_WIDTH, module.TARGET_WIDTH)
+    analysis = analyse(module.make_model, module.example_inputs(), widths)
+    return module, analysis.plan(at="delta"), widths.delta
+
+
+@pytest.fixture(scope="module")
+def tied_gpt():
+    return delta_plan("gpt_tied")
+
+
+def test_correct_realization_verifies(tied_gpt):
+    module, plan, width = tied_gpt
+    assert verify(module.make_model, module.example_inputs(), plan, width) == {"outputs": 0.0, "gradients": 0.0}
+
+
+def test_dropped_hook_is_caught():
+    module, plan, width = delta_plan("mlp")
+
+    def realize_without_hooks(model, plan, reinit):
+        realize(model, plan, reinit)
+        for sub in model.modules():
+            sub._forward_pre_hooks.clear()
+        return model
+
+    with pytest.raises(VerificationError, match="output 0 of the realized model differs"):
+        verify(module.make_model, module.example_inputs(), plan, width, realize_fn=realize_without_hooks)
+
+
+def test_edit_on_the_wrong_call_is_caught(tied_gpt):
+    module, plan, width = tied_gpt
+    # Move the readout multiplier from the readout linear to the first linear in the root's scope.
+    wrong = [dataclasses.replace(e, occurrence=0) if e.kind == "readout_multiplier" else e for e in plan.edits]
+
+    def realize_misplaced(model, plan, reinit):
+        return realize(model, dataclasses.replace(plan, edits=wrong), reinit)
+
+    with pytest.raises(VerificationError, match="differs from the edited graph"):
+        verify(module.make_model, module.example_inputs(), plan, width, realize_fn=realize_misplaced)
+
+
+def test_edit_that_never_fires_is_caught(tied_gpt):
+    module, plan, width = tied_gpt
+    ghost = [dataclasses.replace(e, occurrence=99) if e.kind == "attention_scale" else e for e in plan.edits]
+    plan_with_ghosts = dataclasses.replace(plan, edits=ghost)
+    with pytest.raises(VerificationError):
+        verify(module.make_model, module.example_inputs(), plan_with_ghosts, width)
+
+
+def test_wrong_attention_factor_is_caught(tied_gpt):
+    module, plan, width = tied_gpt
+    off = [dataclasses.replace(e, new=e.new * 1.01) if e.kind == "attention_scale" else e for e in plan.edits]
+
+    def realize_off(model, plan, reinit):
+        return realize(model, dataclasses.replace(plan, edits=off), reinit)
+
+    with pytest.raises(VerificationError):
+        verify(module.make_model, module.example_inputs(), plan, width, realize_fn=realize_off)
+
+
+def test_realized_model_trains_like_the_edited_graph_under_manual_attention():
+    module, plan, width = delta_plan("gpt_manual")
+    kinds = sorted(e.kind for e in plan.edits)
+    assert kinds == ["attention_scale", "attention_scale", "readout_multiplier"]
+    assert all(e.apply_to == "output" for e in plan.edits if e.kind == "attention_scale")
+    report = verify(module.make_model, module.example_inputs(), plan, width)
+    assert report["outputs"] <= 1e-6 and report["gradients"] <= 1e-6
+    assert torch.isfinite(torch.tensor(list(report.values()))).all()
