@@ -8,6 +8,7 @@ saved and re-applied to a fresh or checkpoint-loaded model of that width.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,11 @@ class ParamPlan:
 
     @property
     def init_ratio(self) -> float:
+        """Factor on the deviation from the mean; exactly 1.0 when nothing needs to change."""
         before, after = self.init_std["before"], self.init_std["after"]
-        return after / before if before > 0 else 1.0
+        if before <= 0 or math.isclose(after, before, rel_tol=1e-9):
+            return 1.0
+        return after / before
 
 
 @dataclass

@@ -9,7 +9,10 @@ identity at base width. Table 8 (the `mup` package's choice) is the default:
 | input, vector     | base std          | 1            | 1       | f       |
 | hidden            | base std / sqrt(m)| 1            | 1 / m   | f / m   |
 | output (readout)  | base std          | alpha_out / m| 1       | m       |
-| scalar            | the model's own   | 1            | 1       | 1       |
+| scalar            | base std          | 1            | 1       | 1       |
+
+"base std" is the std the model's own init gives the tensor at base width: a readout bias has
+no infinite dim, yet torch's default init shrinks it as 1/sqrt(fan_in) — muP keeps it at base.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ KEEP = Rule(init=None, multiplier=1.0, lr_adam=1.0, lr_sgd=1.0)
 
 
 def rule_for(parametrization: str, role: str, m: float, f: float, alpha_out: float = 1.0) -> Rule:
-    if parametrization == "sp" or role in ("scalar", "unclassified"):
+    if parametrization == "sp" or role == "unclassified":
         return KEEP
     if parametrization != "mup":
         raise ValueError(f"unknown parametrization {parametrization!r}; choose one of {PARAMETRIZATIONS}")
+    if role == "scalar":
+        return Rule(init=1.0, multiplier=1.0, lr_adam=1.0, lr_sgd=1.0)
     if role in ("input", "vector"):
         return Rule(init=1.0, multiplier=1.0, lr_adam=1.0, lr_sgd=f)
     if role == "hidden":

@@ -49,7 +49,7 @@ def _param_plan(flow, node, name, param_uses, stats, parametrization, options, a
     m, f = (use.fan_in_mult(at), use.fan_out_mult(at)) if use else (1.0, 1.0)
     rule = rule_for(parametrization, role, m, f, options["alpha_out"])
     before = stats.std_at(flow.widths.ratio(at))
-    after = before if rule.init is None or shape.at(at) == shape.base else stats.base_std * rule.init
+    after = before if rule.init is None else stats.base_std * rule.init
     lr = {"adam": rule.lr_adam, "sgd": rule.lr_sgd}
     return ParamPlan(
         shape=list(shape.at(at)),

@@ -4,8 +4,8 @@ Reads:  an `nn.Module` (fresh from the factory, or loaded from a checkpoint) and
         for its width.
 Writes: the same module (same class, hierarchy, parameters and state_dict keys) with
         * parameters re-initialised to the plan's std, when asked: each tensor's deviation from
-          its mean is scaled by after/before, so the init family is kept; a tensor whose shape
-          equals its base shape is never touched;
+          its mean is scaled by after/before, so the init family is kept (at base width the
+          ratio is exactly 1 and nothing is touched);
         * readout multipliers on an `nn.Linear` as a forward pre-hook scaling its input;
         * every other use-site edit by scoped call interception: while the owning module runs,
           a TorchFunctionMode counts calls of the op's family (linear, matmul, sdpa) and edits
@@ -76,7 +76,7 @@ def reinitialize(model: nn.Module, plan: Plan) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
             entry = plan.param(name)
-            if entry is None or list(param.shape) == list(entry.base_shape) or entry.init_ratio == 1.0:
+            if entry is None or entry.init_ratio == 1.0:
                 continue
             mean = param.mean()
             param.sub_(mean).mul_(entry.init_ratio).add_(mean)
