@@ -77,6 +77,10 @@ def contracted_dims(node: fx.Node, position, ndim: int):
     }
     if name in table:
         return table[name].get(position)
+    if name in ("index", "_unsafe_index") and position == 0:  # table[ids]: a lookup, like embedding
+        return tuple(i for i, ix in enumerate(node.args[1]) if ix is not None) or None
+    if name == "index_select" and position == 0:
+        return (node.args[1] % ndim,)
     if name.startswith("conv") and position == 1:
         transposed = name.startswith("conv_transpose") or (
             name == "convolution" and len(node.args) > 6 and node.args[6]
