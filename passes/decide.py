@@ -9,6 +9,7 @@ Writes: a `Plan` — per parameter its shapes, role, init std before -> after, L
 
 from __future__ import annotations
 
+from ..errors import MuRewriteError
 from ..plan import Edit, ParamPlan, Plan, Warning
 from ..rules import attention_factor, rule_for, weight_decay_mult
 from . import ops
@@ -21,8 +22,8 @@ SMALL_D_HEAD = 32
 
 def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization: str = "mup",
            options: dict | None = None, at: str = "target") -> Plan:
-    options = {**DEFAULT_OPTIONS, **(options or {})}
-    parameters, edits, warnings = {}, [], []
+    options = _checked_options(options)
+    parameters, edits = {}, []
     for name, node in flow.parameters().items():
         param_uses = uses.get(name, [])
         parameters[name] = _param_plan(flow, node, name, param_uses, init[name], parametrization, options, at)
@@ -32,6 +33,13 @@ def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization:
     widths = flow.widths
     return Plan(parametrization, widths.base, widths.delta, widths[at], options, parameters,
                 sorted(edits, key=_graph_order(flow)), warnings)
+
+
+def _checked_options(options: dict | None) -> dict:
+    unknown = sorted(set(options or {}) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise MuRewriteError(f"unknown option(s) {', '.join(unknown)}; known options: {', '.join(DEFAULT_OPTIONS)}")
+    return {**DEFAULT_OPTIONS, **(options or {})}
 
 
 def primary_use(param_uses: list):

@@ -165,3 +165,20 @@ def test_sp_is_the_identity_and_mup_lr_scales_with_fan_in(base, factor, parametr
         assert hidden.lr_mult["adam"] == pytest.approx(1 / factor)
         assert hidden.wd_mult["adam"] == pytest.approx(factor)
         assert hidden.init_std["after"] == pytest.approx(hidden.init_std["before"], rel=1e-6)  # torch init is already 1/sqrt(fan_in)
+
+
+def test_options_reach_the_plan():
+    def factory(width):
+        return MLP(5, width, 2, 3)
+
+    inputs = (torch.randn(2, 5),)
+    plan = plan_for(factory, inputs, options={"weight_decay": "coupled", "alpha_out": 2.0})
+    assert plan.options["weight_decay"] == "coupled"
+    assert plan.parameters["hidden.1.weight"].wd_mult == {"adam": 1.0, "sgd": 1.0}
+    assert "coupled-weight-decay" in [w.code for w in plan.warnings]
+    assert plan.edits[0].new == pytest.approx(2.0 / 4)
+    attention = plan_for(BaddbmmAttention, (torch.randn(2, 4, 6),), options={"alpha_attn": 0.5})
+    (edit,) = [e for e in attention.edits if e.kind == "attention_scale"]
+    assert edit.new == pytest.approx(0.5 * 4 / 64)
+    with pytest.raises(muprewrite.MuRewriteError, match="unknown option"):
+        plan_for(factory, inputs, options={"alpha": 1.0})
