@@ -48,7 +48,7 @@ class Edit:
     realized_by: str  # "forward_pre_hook" | "call_interception"
     family: str  # "linear" | "matmul" | "sdpa": what kind of call the op comes from
     occurrence: int  # index of this call among `family` calls while `module` runs
-    apply_to: str  # "input" (scale the activation operand), "output", or "scale_kwarg"
+    apply_to: str  # "input" (scale the activation operand `operand`) or "scale_kwarg" (SDPA's scale=)
     operand: object = None  # argument position of the scaled activation (apply_to == "input")
     param: str | None = None  # the readout weight, for readout multipliers
 
@@ -58,7 +58,7 @@ class Edit:
 
 
 @dataclass
-class Warning:
+class PlanWarning:
     code: str
     message: str
     reference: str
@@ -74,7 +74,7 @@ class Plan:
     options: dict
     parameters: dict  # name -> ParamPlan
     edits: list  # [Edit]
-    warnings: list  # [Warning]
+    warnings: list  # [PlanWarning]
 
     def param(self, name: str) -> ParamPlan | None:
         if name in self.parameters:
@@ -102,7 +102,7 @@ class Plan:
                 options=data.get("options", {}),
                 parameters={k: ParamPlan(**v) for k, v in data["parameters"].items()},
                 edits=[Edit(**_operand_as_tuple(e)) for e in data["edits"]],
-                warnings=[Warning(**w) for w in data["warnings"]],
+                warnings=[PlanWarning(**w) for w in data["warnings"]],
             )
         except (KeyError, TypeError) as exc:
             raise MuRewriteError(f"not a muprewrite plan ({exc}); pass a plan.json written by muprewrite") from exc

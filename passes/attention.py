@@ -37,6 +37,7 @@ class AttentionSite:
     module: str
     d_head: dict  # width name -> contracted size of q
     old_scale: dict  # width name -> the scale the model applies today
+    q_operand: object = None  # argument position of q at a q·k contraction
 
     @property
     def head_dim_grows(self) -> bool:
@@ -103,17 +104,23 @@ def _view_ancestors(node: fx.Node) -> set:
 
 def _matmul_site(flow: Dataflow, name: str, scalar_nodes: list) -> AttentionSite:
     d_head, old = {}, {}
+    position = _q_position(flow.fx(name))
     for w in WIDTH_NAMES:
         node = flow.fx(name, w)
-        q = node.args[1] if ops.op_name(node) in ("baddbmm", "addmm") else node.args[0]
-        if ops.op_name(node) == "einsum":
-            q = node.args[1][0]
+        q = node.args[1][0] if position == ("einsum", 0) else node.args[position]
         q_shape = tuple(q.meta["val"].shape)
-        position = ("einsum", 0) if ops.op_name(node) == "einsum" else node.args.index(q)
         dims = ops.contracted_dims(node, position, len(q_shape)) or ()
         d_head[w] = math.prod(q_shape[d] for d in dims)
         old[w] = _path_scale(flow, node, scalar_nodes, w)
-    return AttentionSite(name, "matmul", flow.module(name), d_head, old)
+    return AttentionSite(name, "matmul", flow.module(name), d_head, old, position)
+
+
+def _q_position(node: fx.Node):
+    """q is the first matrix operand (after the bias of baddbmm/addmm)."""
+    name = ops.op_name(node)
+    if name == "einsum":
+        return ("einsum", 0)
+    return 1 if name in ("baddbmm", "addmm") else 0
 
 
 def _path_scale(flow: Dataflow, contraction: fx.Node, scalar_nodes: list, width: str) -> float:

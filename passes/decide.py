@@ -10,7 +10,7 @@ Writes: a `Plan` — per parameter its shapes, role, init std before -> after, L
 from __future__ import annotations
 
 from ..errors import MuRewriteError
-from ..plan import Edit, ParamPlan, Plan, Warning
+from ..plan import Edit, ParamPlan, Plan, PlanWarning
 from ..rules import attention_factor, rule_for, weight_decay_mult
 from . import ops
 from .dims import Dataflow
@@ -121,7 +121,8 @@ def _attention_edits(flow, sites, parametrization, options, at) -> list:
             kind="attention_scale", module=site.module, node=site.node, old=old, new=old * factor,
             realized_by="call_interception", family=site.kind,
             occurrence=_occurrence(flow, site.node, site.module, site.kind),
-            apply_to="scale_kwarg" if site.kind == "sdpa" else "output",
+            # scaling q rather than the (T x T) logits is the same product and costs less
+            apply_to="scale_kwarg" if site.kind == "sdpa" else "input", operand=site.q_operand,
         ))
     return edits
 
@@ -143,39 +144,39 @@ def _warnings(flow, uses, sites, init, parameters, options) -> list:
     unclassified = [n for n, p in parameters.items() if p.role == "unclassified"]
     if unclassified:
         ops_seen = sorted({u["op"] for n in unclassified for u in parameters[n].uses if u["role"] == "unclassified"})
-        warnings.append(Warning(
+        warnings.append(PlanWarning(
             "unclassified-use", f"{len(unclassified)} parameter(s) reach an op the compiler does not "
             f"understand ({', '.join(ops_seen)}); they keep the standard parametrization",
             "DESIGN.md: roles", unclassified))
     conflicting = [n for n, p in parameters.items() if len({u["role"] for u in p.uses}) > 1]
     if conflicting:
-        warnings.append(Warning(
+        warnings.append(PlanWarning(
             "tied-weights", "tensor(s) used in several roles (tied weights): the tensor follows "
             "its first use's init and LR, every use site gets its own multiplier", "TP5 §B.1", conflicting))
     uniform = [n for n, p in parameters.items()
                if p.role in ("input", "hidden", "output") and init[n].excess_kurtosis < -0.9]
     if uniform:
-        warnings.append(Warning(
+        warnings.append(PlanWarning(
             "uniform-init", "weights initialised from a uniform distribution; muP transfers "
             "better with a Gaussian init", "TP5 §D.5", uniform))
     tanh = [n for n in flow.graph.nodes if ops.op_name(flow.fx(n)) == "tanh"]
     if tanh:
-        warnings.append(Warning(
+        warnings.append(PlanWarning(
             "squashing-activation", "tanh-like activations saturate as width grows unless the "
             "pre-activations stay O(1); prefer ReLU/GELU", "TP5 §D.3", tanh))
     small = [s.node for s in sites if s.d_head["base"] < SMALL_D_HEAD]
     if small:
-        warnings.append(Warning(
+        warnings.append(PlanWarning(
             "small-head-dim", f"d_head below {SMALL_D_HEAD} at base width: the proxy model's "
             "attention is far from the infinite-width limit, transfer may drift", "TP5 §D.4", small))
     gains = [n for n, param_uses in uses.items()
              if any(ops.NORM_GAIN_POSITION.get(u.op) == u.position for u in param_uses)]
     if gains:
-        warnings.append(Warning(
+        warnings.append(PlanWarning(
             "trainable-norm-gains", "trainable normalization gains were found to break learning-"
             "rate transfer (Lingle 2024); consider making them non-trainable", "Lingle 2024 §4", gains))
     if options["weight_decay"] == "coupled":
-        warnings.append(Warning(
+        warnings.append(PlanWarning(
             "coupled-weight-decay", "weight decay coupled to the per-tensor LR moves the optimal "
             "LR with width; use weight_decay='independent'", "TP5 §B.3; Lingle 2024", []))
     return warnings

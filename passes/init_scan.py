@@ -11,6 +11,7 @@ Only base and delta are built, so the scan costs two small models whatever the t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -49,8 +50,18 @@ def _stats(factory, width: int) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         model = build_model(factory, width, device="cpu")
-    with torch.no_grad():
+    with torch.no_grad(), _single_thread():  # many tiny ops: threads only add contention
         return {name: _moments(_sample(param)) for name, param in model.named_parameters()}
+
+
+@contextlib.contextmanager
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _sample(tensor: torch.Tensor) -> torch.Tensor:

@@ -152,8 +152,6 @@ class _EditCalls(TorchFunctionMode):
 
 
 def apply_edit(edit: Edit, func, args, kwargs):
-    if edit.apply_to == "output":
-        return func(*args, **kwargs) * edit.factor
     if edit.apply_to == "scale_kwarg":
         args = args[:6]  # scale is the 7th parameter of scaled_dot_product_attention
         return func(*args, **{**kwargs, "scale": edit.new})

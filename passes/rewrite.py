@@ -2,8 +2,8 @@
 
 Reads:  a GraphModule (`ExportedProgram.module()`, captured at the plan's width) and a `Plan`.
 Writes: the same GraphModule, edited in place and recompiled: a readout multiplier becomes a
-        `mul` on the readout's activation input, a q·k scale a `mul` after the contraction, an
-        SDPA scale its `scale=` argument. This edited graph is the verification oracle for the
+        `mul` on the readout's activation input, a q·k scale a `mul` on q, an SDPA scale its
+        `scale=` argument. This edited graph is the verification oracle for the
         realized model and the source of the report's code diff.
 """
 
@@ -25,8 +25,6 @@ def rewrite_graph(module: fx.GraphModule, plan: Plan) -> fx.GraphModule:
         node = nodes[edit.node]
         if edit.apply_to == "scale_kwarg":
             node.kwargs = {**node.kwargs, "scale": edit.new}
-        elif edit.apply_to == "output":
-            _scale_output(module.graph, node, edit.factor)
         else:
             _scale_input(module.graph, node, edit.operand, edit.factor)
     module.graph.lint()
@@ -38,12 +36,6 @@ def code_diff(before: str, after: str) -> str:
     """A unified diff of two generated forward() sources, with a little context."""
     lines = difflib.unified_diff(before.splitlines(), after.splitlines(), "original", "muP", n=1, lineterm="")
     return "\n".join(line.strip() if line.startswith("@@") else line for line in lines)
-
-
-def _scale_output(graph: fx.Graph, node: fx.Node, factor: float) -> None:
-    with graph.inserting_after(node):
-        scaled = graph.call_function(_MUL, (node, factor))
-    node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
 
 
 def _scale_input(graph: fx.Graph, node: fx.Node, operand, factor: float) -> None:

@@ -1,0 +1,103 @@
+"""Shared helpers for the benchmarks: environment facts and writing results/NAME.{md,json}."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def contention_probe(n: int = 200) -> float:
+    """Microseconds per small intra-op-parallel torch op (std of 65k float64) at torch's thread count.
+
+    About 30-100 us on an idle machine; when other processes hold the cores, OpenMP's barrier
+    waits for a descheduled thread and this jumps to milliseconds. Recorded so a slow run can be
+    told apart from a slow program.
+    """
+    import time
+
+    import torch
+
+    x = torch.randn(1 << 16, dtype=torch.float64)
+    x.std()
+    start = time.perf_counter()
+    for _ in range(n):
+        x.std()
+    return 1e6 * (time.perf_counter() - start) / n
+
+
+def environment() -> dict:
+    import torch
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    root = Path(__file__).resolve().parent.parent
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return {
+        "git_head": git("rev-parse", "--short", "HEAD"),
+        "git_modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()],
+        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform.processor()": platform.processor(),
+        "cpu_model": cpu_model(),
+        "os.cpu_count()": os.cpu_count(),
+        "torch.get_num_threads()": torch.get_num_threads(),
+        "loadavg_at_start": load,
+        "contention_probe_us_at_start": contention_probe(),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def md_table(headers: list, rows: list) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def env_md(env: dict) -> str:
+    return "\n".join([
+        "Command (from the repo root):",
+        "",
+        "```bash",
+        env["command"],
+        "```",
+        "",
+        f"- torch {env['torch']}, Python {env['python']}",
+        f"- CPU: `platform.processor()` = {env['platform.processor()']!r}, model `{env['cpu_model']}`, "
+        f"`os.cpu_count()` = {env['os.cpu_count()']}, torch threads = {env['torch.get_num_threads()']}",
+        f"- load average (1/5/15 min) at start: {env['loadavg_at_start']}, at end: {env.get('loadavg_at_end')} "
+        "(the machine is shared: other work may run in parallel, which inflates wall times)",
+        f"- contention probe (us per small parallel torch op; ~30-100 idle, milliseconds when the cores "
+        f"are taken): start {env['contention_probe_us_at_start']:.0f}, end {env.get('contention_probe_us_at_end', float('nan')):.0f}",
+        f"- code: git HEAD {env['git_head']}, tracked files modified in the working tree: "
+        f"{', '.join(env['git_modified']) or 'none'}",
+        f"- date: {env['date']}",
+    ])
+
+
+def write_results(name: str, markdown: str, data: dict) -> tuple:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    md_path, json_path = RESULTS / f"{name}.md", RESULTS / f"{name}.json"
+    md_path.write_text(markdown.rstrip() + "\n")
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    return md_path, json_path
