@@ -10,6 +10,7 @@ Writes: the same GraphModule, edited in place and recompiled: a readout multipli
 from __future__ import annotations
 
 import difflib
+import re
 
 import torch
 from torch import fx
@@ -17,6 +18,7 @@ from torch import fx
 from ..plan import Plan
 
 _MUL = torch.ops.aten.mul.Tensor
+_CLEANUP = re.compile(r";\s+(\w+ = )+None$")
 
 
 def rewrite_graph(module: fx.GraphModule, plan: Plan) -> fx.GraphModule:
@@ -34,8 +36,13 @@ def rewrite_graph(module: fx.GraphModule, plan: Plan) -> fx.GraphModule:
 
 def code_diff(before: str, after: str) -> str:
     """A unified diff of two generated forward() sources, with a little context."""
-    lines = difflib.unified_diff(before.splitlines(), after.splitlines(), "original", "muP", n=1, lineterm="")
+    lines = difflib.unified_diff(_readable(before), _readable(after), "original", "muP", n=1, lineterm="")
     return "\n".join(line.strip() if line.startswith("@@") else line for line in lines)
+
+
+def _readable(code: str) -> list:
+    """Generated code without FX's `;  a = b = None` clean-up statements."""
+    return [_CLEANUP.sub("", line) for line in code.splitlines()]
 
 
 def _scale_input(graph: fx.Graph, node: fx.Node, operand, factor: float) -> None:

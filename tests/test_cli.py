@@ -61,6 +61,15 @@ def test_sibling_import_inferred_inputs_and_other_factory(capsys):
     assert code == 0 and json.loads(out)["parameters"]["2.weight"]["shape"] == [64, 64]
 
 
+def test_keyword_example_inputs_and_dict_outputs(capsys):
+    code, out, _ = run_cli(capsys, FIXTURES / "kwargs_inputs.py", "--json")
+    plan = json.loads(out)
+    assert code == 0
+    assert plan["parameters"]["embed.weight"]["role"] == "input"
+    assert plan["parameters"]["head.weight"]["role"] == "output"
+    assert [e["realized_by"] for e in plan["edits"]] == ["forward_pre_hook"]
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

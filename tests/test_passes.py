@@ -74,7 +74,7 @@ def test_roles_come_from_use_sites_not_module_types(einsum_plan):
 def test_einsum_attention_and_einsum_readout_are_edited(einsum_plan):
     plan = einsum_plan
     kinds = {(e.kind, e.family, e.apply_to) for e in plan.edits}
-    assert ("attention_scale", "matmul", "output") in kinds
+    assert ("attention_scale", "matmul", "input") in kinds
     assert ("readout_multiplier", "matmul", "input") in kinds
     attention = next(e for e in plan.edits if e.kind == "attention_scale")
     assert attention.old == pytest.approx(1 / math.sqrt(64))
