@@ -19,6 +19,7 @@ from .passes.decide import decide
 from .passes.dims import Dataflow, analyse_dims
 from .passes.emit import param_groups, write_artifacts
 from .passes.init_scan import scan_init
+from .passes.lint import lint
 from .passes.realize import realize
 from .passes.rewrite import code_diff, rewrite_graph
 from .passes.roles import classify_uses
@@ -37,11 +38,12 @@ class Result:
     plan: Plan
     report: Report
 
-    def param_groups(self, lr: float, weight_decay: float = 0.0, optimizer: str = "adamw") -> list:
-        """Parameter groups for `torch.optim` with the plan's per-tensor LR and weight decay."""
+    def param_groups(self, lr: float, weight_decay: float = 0.0, optimizer: str = "adamw",
+                     eps: float | None = None) -> list:
+        """Parameter groups for `torch.optim` with the plan's per-tensor LR, weight decay (and eps)."""
         if self.model is None:
             raise MuRewriteError("this result has no model (materialize=False); use muprewrite.param_groups(model, plan, ...)")
-        return param_groups(self.model, self.plan, lr, weight_decay, optimizer)
+        return param_groups(self.model, self.plan, lr, weight_decay, optimizer, eps)
 
     def save(self, out_dir) -> list:
         """Write plan.json, report.md and report.html into `out_dir`."""
@@ -94,7 +96,9 @@ class Analysis:
     init: dict
 
     def plan(self, parametrization: str = "mup", options: dict | None = None, at: str = "target") -> Plan:
-        return decide(self.flow, self.uses, self.sites, self.init, parametrization, options, at)
+        plan = decide(self.flow, self.uses, self.sites, self.init, parametrization, options, at)
+        plan.warnings = lint(self.flow, self.uses, self.sites, self.init, plan)
+        return plan
 
 
 def analyse(factory, example_inputs, widths: Widths, step=lambda description: None) -> Analysis:

@@ -23,34 +23,41 @@ class ParamPlan:
     base_shape: list
     infinite: list
     role: str
-    init_std: dict  # {"before": the model's own std at target, "after": the muP std}
+    init_std: dict  # {"before": the model's own std at target, "after": the stored tensor's std}
     lr_mult: dict  # {"adam": x, "sgd": y}
     wd_mult: dict  # {"adam": x, "sgd": y}
     uses: list = field(default_factory=list)  # [{"node", "op", "module", "role", ...}]
     aliases: list = field(default_factory=list)  # other names of a tied tensor
+    weight_multiplier: float = 1.0  # applied at every use site; the stored tensor is divided by it
+    eps_mult: float = 1.0  # on Adam's eps (option adam_eps="scaled")
+    trainable: bool = True  # False: excluded from the optimizer groups (norm_gains="frozen")
+    fill: float | None = None  # set to this constant whenever the plan is applied (norm_gains="removed")
+    zero: list = field(default_factory=list)  # [{"dim", "start", "stop"}] zeroed at init (zero-init options)
+    zero_mean: bool = True  # centred init: rescale the whole tensor; else only its deviation from its mean
 
     @property
     def init_ratio(self) -> float:
-        """Factor on the deviation from the mean; exactly 1.0 when nothing needs to change."""
-        before, after = self.init_std["before"], self.init_std["after"]
-        if before <= 0 or math.isclose(after, before, rel_tol=1e-9):
+        """Factor on the tensor (on its deviation from its mean if not `zero_mean`) giving the
+        effective (multiplied) std; exactly 1.0 when nothing needs to change."""
+        before, effective = self.init_std["before"], self.init_std["after"] * self.weight_multiplier
+        if before <= 0 or math.isclose(effective, before, rel_tol=1e-9):
             return 1.0
-        return after / before
+        return effective / before
 
 
 @dataclass
 class Edit:
-    kind: str  # "readout_multiplier" | "attention_scale"
+    kind: str  # "readout_multiplier" | "weight_multiplier" | "attention_scale"
     module: str  # path of the module whose forward runs the op ("" = root)
     node: str  # graph node of the op
     old: float
     new: float
     realized_by: str  # "forward_pre_hook" | "call_interception"
-    family: str  # "linear" | "matmul" | "sdpa": what kind of call the op comes from
+    family: str  # "linear" | "matmul" | "sdpa" | "embedding" | "norm" | "conv": the op's kind of call
     occurrence: int  # index of this call among `family` calls while `module` runs
     apply_to: str  # "input" (scale the activation operand `operand`) or "scale_kwarg" (SDPA's scale=)
     operand: object = None  # argument position of the scaled activation (apply_to == "input")
-    param: str | None = None  # the readout weight, for readout multipliers
+    param: str | None = None  # the weight of a readout or weight multiplier
 
     @property
     def factor(self) -> float:

@@ -49,12 +49,12 @@ class Report:
     def to_markdown(self) -> str:
         plan = self.plan
         lines = [f"# muprewrite report: {plan.parametrization}", "", self._summary(), ""]
-        lines += ["## Parameters", "", "| name | shape (∞ = infinite dim) | role | init std before → after | LR × Adam | LR × SGD | WD × Adam |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["## Parameters", "", "| name | shape (∞ = infinite dim) | role | init std before → after | weight × | LR × Adam | LR × SGD | WD × Adam |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, p in plan.parameters.items():
-            lines.append(f"| `{_name_with_aliases(name, p)}` | {_shape(p)} | {_role(p)} | "
-                         f"{_num(p.init_std['before'])} → {_num(p.init_std['after'])} | "
-                         f"{_num(p.lr_mult['adam'])} | {_num(p.lr_mult['sgd'])} | {_num(p.wd_mult['adam'])} |")
+            lines.append(f"| `{_name_with_aliases(name, p)}` | {_shape(p)} | {_role(p)} | {_init(p)} | "
+                         f"{_num(p.weight_multiplier)} | {_num(p.lr_mult['adam'])} | {_num(p.lr_mult['sgd'])} | "
+                         f"{_num(p.wd_mult['adam'])} |")
         if plan.edits:
             lines += ["", "## Use-site edits", "", "| edit | module | node | old → new | realized by |", "|---|---|---|---|---|"]
             for e in plan.edits:
@@ -72,7 +72,7 @@ class Report:
         changed = sum(1 for p in plan.parameters.values() if _changed(p))
         text = (f"Widths: base {plan.base_width}, delta {plan.delta_width}, target {plan.target_width}. "
                 f"{len(plan.parameters)} parameters ({changed} changed), {len(plan.edits)} use-site edits, "
-                f"{len(plan.warnings)} warnings.")
+                f"{len(plan.warnings)} warnings. Options: {_options(plan.options)}.")
         if self.verification:
             v = self.verification
             text += (f" Verified at width {v['width']}: realized model == edited graph "
@@ -84,13 +84,13 @@ class Report:
 
     def _parameter_table(self) -> Table:
         table = Table(title="Parameters (∞ marks an infinite dim)", title_justify="left")
-        for col in ("name", "shape", "role", "init std before → after", "LR× Adam", "LR× SGD", "WD× Adam"):
+        for col in ("name", "shape", "role", "init std before → after", "weight×", "LR× Adam", "LR× SGD", "WD× Adam"):
             table.add_column(col, justify="right" if "×" in col else "left", overflow="fold")
         for name, p in self.plan.parameters.items():
             style = "" if _changed(p) else "dim"
             table.add_row(_name_with_aliases(name, p), _shape(p), Text(_role(p), style=ROLE_STYLES.get(p.role, "")),
-                          f"{_num(p.init_std['before'])} → {_num(p.init_std['after'])}",
-                          _num(p.lr_mult["adam"]), _num(p.lr_mult["sgd"]), _num(p.wd_mult["adam"]), style=style)
+                          _init(p), _num(p.weight_multiplier), _num(p.lr_mult["adam"]), _num(p.lr_mult["sgd"]),
+                          _num(p.wd_mult["adam"]), style=style)
         return table
 
     def _edit_table(self) -> Table:
@@ -111,12 +111,31 @@ class Report:
 
 
 def _changed(p) -> bool:
-    return (p.init_std["before"] != p.init_std["after"] or p.lr_mult["adam"] != 1.0 or p.lr_mult["sgd"] != 1.0)
+    return (p.init_std["before"] != p.init_std["after"] or p.lr_mult["adam"] != 1.0 or p.lr_mult["sgd"] != 1.0
+            or p.weight_multiplier != 1.0 or p.zero or not p.trainable)
 
 
 def _role(p) -> str:
     roles = list(dict.fromkeys(u["role"] for u in p.uses))
-    return p.role if len(roles) <= 1 else f"{p.role} (tied: {' + '.join(roles)})"
+    text = p.role if len(roles) <= 1 else f"{p.role} (tied: {' + '.join(roles)})"
+    if p.fill is not None:
+        return f"{text}, removed (= {p.fill:g})"
+    return text if p.trainable else f"{text}, frozen"
+
+
+def _init(p) -> str:
+    text = f"{_num(p.init_std['before'])} → {_num(p.init_std['after'])}"
+    for piece in p.zero:
+        stop = "" if piece["stop"] is None else piece["stop"]
+        text += f", zero [{piece['start']}:{stop}] of dim {piece['dim']}"
+    return text
+
+
+def _options(options: dict) -> str:
+    from .passes.decide import DEFAULT_OPTIONS
+
+    changed = [f"{k}={v}" for k, v in options.items() if DEFAULT_OPTIONS.get(k) != v]
+    return ", ".join(changed) if changed else "defaults"
 
 
 def _name_with_aliases(name: str, p) -> str:

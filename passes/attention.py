@@ -8,7 +8,9 @@ Writes: a list of `AttentionSite`, one per attention in graph order:
           additive biases, dropout, casts and views — its scale is the product of the constant
           multiplications and divisions on that path (and baddbmm's alpha).
         d_head is the contracted size of q. Whether it grows with width decides, in the plan,
-        whether the logit scale must change from ~1/sqrt(d) to ~1/d.
+        whether the logit scale must change from ~1/sqrt(d) to ~1/d. Each site also records
+        which rows of which weight (and bias) produce q — the query slice of a fused qkv — for
+        the zero-init-query option.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class AttentionSite:
     d_head: dict  # width name -> contracted size of q
     old_scale: dict  # width name -> the scale the model applies today
     q_operand: object = None  # argument position of q at a q·k contraction
+    query_slices: dict | None = None  # width -> {parameter: {"dim", "start", "stop"}} of the q projection
 
     @property
     def head_dim_grows(self) -> bool:
@@ -64,7 +67,7 @@ def _sdpa_site(flow: Dataflow, name: str) -> AttentionSite:
     for w in WIDTH_NAMES:
         explicit = flow.fx(name, w).kwargs.get("scale")
         old[w] = float(explicit) if explicit is not None else 1.0 / math.sqrt(d_head[w])
-    return AttentionSite(name, "sdpa", flow.module(name), d_head, old)
+    return AttentionSite(name, "sdpa", flow.module(name), d_head, old, None, _query_slices(flow, name, 0))
 
 
 def _qk_contractions(flow: Dataflow, softmax: fx.Node):
@@ -112,7 +115,8 @@ def _matmul_site(flow: Dataflow, name: str, scalar_nodes: list) -> AttentionSite
         dims = ops.contracted_dims(node, position, len(q_shape)) or ()
         d_head[w] = math.prod(q_shape[d] for d in dims)
         old[w] = _path_scale(flow, node, scalar_nodes, w)
-    return AttentionSite(name, "matmul", flow.module(name), d_head, old, position)
+    return AttentionSite(name, "matmul", flow.module(name), d_head, old, position,
+                         _query_slices(flow, name, position))
 
 
 def _q_position(node: fx.Node):
@@ -130,3 +134,77 @@ def _path_scale(flow: Dataflow, contraction: fx.Node, scalar_nodes: list, width:
         value = float(node.args[1])
         scale *= value if ops.op_name(node) == "mul" else 1.0 / value
     return scale
+
+
+def _query_slices(flow: Dataflow, name: str, position):
+    """Per width, the rows of the projection weight (and bias) that produce q; None if not found."""
+    slices = {}
+    for w in WIDTH_NAMES:
+        node = flow.fx(name, w)
+        q = node.args[1][0] if position == ("einsum", 0) else node.args[position]
+        found = _trace_query(flow, q)
+        if found is None:
+            return None
+        slices[w] = found
+    return slices
+
+
+def _trace_query(flow: Dataflow, node: fx.Node):
+    """Walk back from q through views and splits to the projection that computed it."""
+    piece, selected = None, None  # feature range [start, stop) of the projection output; MHA's select index
+    while True:
+        name = ops.op_name(node)
+        if name == "getitem" and ops.op_name(node.args[0]) in ("split", "split_with_sizes", "chunk"):
+            piece = _split_piece(node.args[0], node.args[1])
+            if piece is None:
+                return None
+            node = node.args[0].args[0]
+        elif name == "select":
+            selected, node = node.args[2], node.args[0]
+        elif name == "unflatten" and selected is not None and len(node.args[2]) == 2:
+            size = node.args[2][1]
+            piece, node = (selected * size, (selected + 1) * size), node.args[0]
+        elif name in ops.VIEW_OPS:
+            node = node.args[0]
+        else:
+            return _projection_slices(flow, node, piece)
+
+
+def _split_piece(split: fx.Node, index: int):
+    features = split.args[0].meta["val"].shape
+    dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+    if dim % len(features) != len(features) - 1:
+        return None  # only a split of the projection's feature (last) dim is understood
+    total, arg = features[-1], split.args[1]
+    if ops.op_name(split) == "chunk":
+        arg = -(-total // arg)
+    sizes = list(arg) if isinstance(arg, (list, tuple)) else [arg] * (-(-total // arg))
+    start = sum(sizes[:index])
+    return start, min(start + sizes[index], total)
+
+
+def _projection_slices(flow: Dataflow, node: fx.Node, piece):
+    """{weight: slice, bias: slice} for a linear / addmm / matmul projection with a weight operand."""
+    layouts = {"linear": ((1, 0), (2, 0)), "addmm": ((2, 1), (0, 0)), "matmul": ((1, 1), (None, 0)),
+               "mm": ((1, 1), (None, 0))}
+    (weight_pos, weight_dim), (bias_pos, bias_dim) = layouts.get(ops.op_name(node), ((None, 0), (None, 0)))
+    weight = _param_behind(flow, node.args[weight_pos]) if weight_pos is not None else None
+    if weight is None:
+        return None
+    start, stop = piece if piece is not None else (0, None)
+    slices = {weight: {"dim": weight_dim, "start": start, "stop": stop}}
+    bias = _param_behind(flow, node.args[bias_pos]) if bias_pos is not None and len(node.args) > bias_pos else None
+    if bias is not None:
+        slices[bias] = {"dim": bias_dim, "start": start, "stop": stop}
+    return slices
+
+
+def _param_behind(flow: Dataflow, node) -> str | None:
+    """The parameter a node is (a view of), if any."""
+    while isinstance(node, fx.Node):
+        if flow.graph.nodes[node.name]["param"]:
+            return flow.graph.nodes[node.name]["param"]
+        if ops.op_name(node) not in ops.VIEW_OPS:
+            return None
+        node = node.args[0]
+    return None

@@ -2,44 +2,72 @@
 
 Reads:  `Dataflow`, the uses from `roles`, the sites from `attention`, the `InitStats` from
         `init_scan`, the parametrization and options, and the width `at` to plan for.
-Writes: a `Plan` — per parameter its shapes, role, init std before -> after, LR and weight-decay
-        multipliers; per use site that needs one, an `Edit` (readout multiplier, attention
-        scale) with the means that will realize it; and the warnings the papers call for.
+Writes: a `Plan` without warnings (the `lint` pass adds them) — per parameter its shapes,
+        role, init std before -> after, LR, weight-decay and eps multipliers, trainability and
+        zero-init slices; per use site that changes, an `Edit` (readout multiplier, weight
+        multiplier, attention scale) with the means that will realize it. An edit exists only
+        where it changes something, so at base width the plan edits nothing.
 """
 
 from __future__ import annotations
 
 from ..errors import MuRewriteError
-from ..plan import Edit, ParamPlan, Plan, PlanWarning
+from ..plan import Edit, ParamPlan, Plan
 from ..rules import attention_factor, rule_for, weight_decay_mult
 from . import ops
 from .dims import Dataflow
 
-DEFAULT_OPTIONS = {"alpha_out": 1.0, "alpha_attn": 1.0, "weight_decay": "independent"}
+DEFAULT_OPTIONS = {
+    "alpha_out": 1.0,  # readout multiplier (TP5 alpha_output)
+    "alpha_attn": 1.0,  # attention logit multiplier
+    "alpha_in": 1.0,  # input weight multiplier
+    "weight_decay": "independent",  # lr * wd fixed per tensor; "coupled": torch's plain wd
+    "attention_scale": "mup",  # "sp" keeps 1/sqrt(d_head) (Lingle: breaks transfer)
+    "zero_init_readout": False,  # TP5 §D.2
+    "zero_init_query": False,  # TP5 §D.2; Lingle: slightly better
+    "norm_gains": "trainable",  # "frozen" (requires_grad False) or "removed" (fixed at 1)
+    "adam_eps": "constant",  # "scaled": eps / fan_in multiplier (TP5 §B.3)
+}
+CHOICES = {
+    "weight_decay": ("independent", "coupled"),
+    "attention_scale": ("mup", "sp"),
+    "norm_gains": ("trainable", "frozen", "removed"),
+    "adam_eps": ("constant", "scaled"),
+}
 _HOOKABLE_LINEARS = {"torch.nn.modules.linear.Linear", "torch.nn.modules.linear.NonDynamicallyQuantizableLinear"}
-SMALL_D_HEAD = 32
 
 
 def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization: str = "mup",
            options: dict | None = None, at: str = "target") -> Plan:
-    options = _checked_options(options)
+    options = checked_options(options)
+    zeroed = _zero_init_slices(uses, sites, options, at)
+    gains = norm_gains(uses)
     parameters, edits = {}, []
     for name, node in flow.parameters().items():
         param_uses = uses.get(name, [])
-        parameters[name] = _param_plan(flow, node, name, param_uses, init[name], parametrization, options, at)
+        plan = _param_plan(flow, node, name, param_uses, init[name], parametrization, options, at)
+        plan.zero = zeroed.get(name, [])
+        if name in gains and options["norm_gains"] != "trainable":
+            plan.trainable = False
+            plan.fill = 1.0 if options["norm_gains"] == "removed" else None
+        parameters[name] = plan
         edits += _readout_edits(flow, name, param_uses, parametrization, options, at)
+        edits += _weight_multiplier_edits(flow, name, param_uses, plan.weight_multiplier, parametrization)
     edits += _attention_edits(flow, sites, parametrization, options, at)
-    warnings = _warnings(flow, uses, sites, init, parameters, options)
     widths = flow.widths
     return Plan(parametrization, widths.base, widths.delta, widths[at], options, parameters,
-                sorted(edits, key=_graph_order(flow)), warnings)
+                sorted(edits, key=_graph_order(flow)), warnings=[])
 
 
-def _checked_options(options: dict | None) -> dict:
+def checked_options(options: dict | None) -> dict:
     unknown = sorted(set(options or {}) - set(DEFAULT_OPTIONS))
     if unknown:
         raise MuRewriteError(f"unknown option(s) {', '.join(unknown)}; known options: {', '.join(DEFAULT_OPTIONS)}")
-    return {**DEFAULT_OPTIONS, **(options or {})}
+    options = {**DEFAULT_OPTIONS, **(options or {})}
+    for key, allowed in CHOICES.items():
+        if options[key] not in allowed:
+            raise MuRewriteError(f"option {key}={options[key]!r} is not one of {', '.join(allowed)}")
+    return options
 
 
 def primary_use(param_uses: list):
@@ -50,25 +78,34 @@ def primary_use(param_uses: list):
     return unclassified[0] if unclassified else param_uses[0]
 
 
+def norm_gains(uses: dict) -> set:
+    """Parameters used as the gain (scale) of a normalization."""
+    return {name for name, param_uses in uses.items()
+            if any(ops.NORM_GAIN_POSITION.get(u.op) == u.position for u in param_uses)}
+
+
 def _param_plan(flow, node, name, param_uses, stats, parametrization, options, at) -> ParamPlan:
     shape = flow.shape(node)
     use = primary_use(param_uses)
     role = use.role if use else ("vector" if shape.num_infinite else "scalar")
     m, f = (use.fan_in_mult(at), use.fan_out_mult(at)) if use else (1.0, 1.0)
-    rule = rule_for(parametrization, role, m, f, options["alpha_out"])
+    rule = rule_for(parametrization, role, m, f, options["alpha_out"], options["alpha_in"])
     before = stats.std_at(flow.widths.ratio(at))
-    after = before if rule.init is None else stats.base_std * rule.init
+    effective = before if rule.init is None else stats.base_std * rule.init
     lr = {"adam": rule.lr_adam, "sgd": rule.lr_sgd}
     return ParamPlan(
         shape=list(shape.at(at)),
         base_shape=list(shape.base),
         infinite=list(shape.infinite),
         role=role,
-        init_std={"before": before, "after": after},
+        init_std={"before": before, "after": effective / rule.weight_multiplier},
         lr_mult=lr,
         wd_mult={k: weight_decay_mult(v, options["weight_decay"]) for k, v in lr.items()},
         uses=[_use_record(u, at) for u in param_uses],
         aliases=list(flow.captures.aliases.get(name, [])),
+        weight_multiplier=rule.weight_multiplier,
+        eps_mult=1.0 / m if options["adam_eps"] == "scaled" and parametrization != "sp" else 1.0,
+        zero_mean=stats.zero_mean,
     )
 
 
@@ -78,23 +115,41 @@ def _use_record(use, at) -> dict:
 
 
 def _readout_edits(flow, name, param_uses, parametrization, options, at) -> list:
-    if parametrization == "sp":
-        return []
     edits = []
     for use in param_uses:
         if use.role != "output":
             continue
         factor = rule_for(parametrization, "output", use.fan_in_mult(at), use.fan_out_mult(at),
-                          options["alpha_out"]).multiplier
+                          options["alpha_out"]).readout_multiplier
+        if factor == 1.0:
+            continue
         operand = _activation_operand(use)
         hookable = (use.op == "linear" and operand == 0 and flow.module_type(use.node) in _HOOKABLE_LINEARS
                     and name.rpartition(".")[0] == use.module)
-        fam = ops.family(use.op)
         edits.append(Edit(
             kind="readout_multiplier", module=use.module, node=use.node, old=1.0, new=factor,
-            realized_by="forward_pre_hook" if hookable else "call_interception", family=fam,
-            occurrence=_occurrence(flow, use.node, use.module, fam), apply_to="input",
+            realized_by="forward_pre_hook" if hookable else "call_interception", family=ops.family(use.op),
+            occurrence=_occurrence(flow, use.node, use.module, ops.family(use.op)), apply_to="input",
             operand=operand, param=name,
+        ))
+    return edits
+
+
+def _weight_multiplier_edits(flow, name, param_uses, multiplier, parametrization) -> list:
+    if multiplier == 1.0:
+        return []
+    edits = []
+    for use in param_uses:
+        family = ops.family(use.op)
+        if family is None:
+            raise MuRewriteError(
+                f"{parametrization} puts a multiplier on '{name}', which is used by {use.op} in "
+                f"{use.module or 'the root module'}: that call cannot be intercepted; use parametrization 'mup'")
+        edits.append(Edit(
+            kind="weight_multiplier", module=use.module, node=use.node, old=1.0, new=multiplier,
+            realized_by="call_interception", family=family,
+            occurrence=_occurrence(flow, use.node, use.module, family), apply_to="input",
+            operand=use.position, param=name,
         ))
     return edits
 
@@ -109,13 +164,15 @@ def _activation_operand(use):
 
 
 def _attention_edits(flow, sites, parametrization, options, at) -> list:
-    if parametrization == "sp":
+    if parametrization == "sp" or options["attention_scale"] == "sp":
         return []
     edits = []
     for site in sites:
         if not site.head_dim_grows:
             continue
         factor = attention_factor(parametrization, site.d_head["base"], site.d_head[at], options["alpha_attn"])
+        if factor == 1.0:
+            continue
         old = site.old_scale[at]
         edits.append(Edit(
             kind="attention_scale", module=site.module, node=site.node, old=old, new=old * factor,
@@ -125,6 +182,22 @@ def _attention_edits(flow, sites, parametrization, options, at) -> list:
             apply_to="scale_kwarg" if site.kind == "sdpa" else "input", operand=site.q_operand,
         ))
     return edits
+
+
+def _zero_init_slices(uses, sites, options, at) -> dict:
+    """{parameter: [{"dim", "start", "stop"}]} for the zero-init options (stop None = to the end)."""
+    whole = [{"dim": 0, "start": 0, "stop": None}]
+    zeroed = {}
+    if options["zero_init_readout"]:
+        readout_nodes = {u.node for param_uses in uses.values() for u in param_uses if u.role == "output"}
+        for name, param_uses in uses.items():
+            if any(u.node in readout_nodes for u in param_uses):  # the readout weight and its bias
+                zeroed[name] = whole
+    if options["zero_init_query"]:
+        for site in sites:
+            for name, piece in (site.query_slices or {}).get(at, {}).items():
+                zeroed.setdefault(name, []).append(piece)
+    return zeroed
 
 
 def _occurrence(flow: Dataflow, node: str, scope: str, fam: str) -> int:
@@ -137,46 +210,3 @@ def _occurrence(flow: Dataflow, node: str, scope: str, fam: str) -> int:
 def _graph_order(flow):
     index = {name: i for i, name in enumerate(flow.graph.nodes)}
     return lambda edit: index[edit.node]
-
-
-def _warnings(flow, uses, sites, init, parameters, options) -> list:
-    warnings = []
-    unclassified = [n for n, p in parameters.items() if p.role == "unclassified"]
-    if unclassified:
-        ops_seen = sorted({u["op"] for n in unclassified for u in parameters[n].uses if u["role"] == "unclassified"})
-        warnings.append(PlanWarning(
-            "unclassified-use", f"{len(unclassified)} parameter(s) reach an op the compiler does not "
-            f"understand ({', '.join(ops_seen)}); they keep the standard parametrization",
-            "DESIGN.md: roles", unclassified))
-    conflicting = [n for n, p in parameters.items() if len({u["role"] for u in p.uses}) > 1]
-    if conflicting:
-        warnings.append(PlanWarning(
-            "tied-weights", "tensor(s) used in several roles (tied weights): the tensor follows "
-            "its first use's init and LR, every use site gets its own multiplier", "TP5 §B.1", conflicting))
-    uniform = [n for n, p in parameters.items()
-               if p.role in ("input", "hidden", "output") and init[n].excess_kurtosis < -0.9]
-    if uniform:
-        warnings.append(PlanWarning(
-            "uniform-init", "weights initialised from a uniform distribution; muP transfers "
-            "better with a Gaussian init", "TP5 §D.5", uniform))
-    tanh = [n for n in flow.graph.nodes if ops.op_name(flow.fx(n)) == "tanh"]
-    if tanh:
-        warnings.append(PlanWarning(
-            "squashing-activation", "tanh-like activations saturate as width grows unless the "
-            "pre-activations stay O(1); prefer ReLU/GELU", "TP5 §D.3", tanh))
-    small = [s.node for s in sites if s.d_head["base"] < SMALL_D_HEAD]
-    if small:
-        warnings.append(PlanWarning(
-            "small-head-dim", f"d_head below {SMALL_D_HEAD} at base width: the proxy model's "
-            "attention is far from the infinite-width limit, transfer may drift", "TP5 §D.4", small))
-    gains = [n for n, param_uses in uses.items()
-             if any(ops.NORM_GAIN_POSITION.get(u.op) == u.position for u in param_uses)]
-    if gains:
-        warnings.append(PlanWarning(
-            "trainable-norm-gains", "trainable normalization gains were found to break learning-"
-            "rate transfer (Lingle 2024); consider making them non-trainable", "Lingle 2024 §4", gains))
-    if options["weight_decay"] == "coupled":
-        warnings.append(PlanWarning(
-            "coupled-weight-decay", "weight decay coupled to the per-tensor LR moves the optimal "
-            "LR with width; use weight_decay='independent'", "TP5 §B.3; Lingle 2024", []))
-    return warnings

@@ -16,11 +16,13 @@ from ..plan import OPTIMIZER_FAMILIES, Plan
 
 
 def param_groups(model: nn.Module, plan: Plan, lr: float, weight_decay: float = 0.0,
-                 optimizer: str = "adamw") -> list:
-    """One group per distinct (LR, weight decay) pair, in parameter order.
+                 optimizer: str = "adamw", eps: float | None = None) -> list:
+    """One group per distinct (LR, weight decay[, eps]) triple, in parameter order.
 
-    At base width every multiplier is 1, so this is a single group with model.parameters()
-    in order — the same optimizer state as a plain optimizer.
+    Frozen parameters (requires_grad False) are left out. With `eps` (Adam), each group gets
+    eps times the plan's eps multiplier (1 unless the plan has adam_eps="scaled"). At base
+    width every multiplier is 1, so this is a single group with model.parameters() in order —
+    the same optimizer state as a plain optimizer.
     """
     if optimizer not in OPTIMIZER_FAMILIES:
         raise MuRewriteError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZER_FAMILIES)}")
@@ -32,8 +34,10 @@ def param_groups(model: nn.Module, plan: Plan, lr: float, weight_decay: float = 
         entry = plan.param(name)
         lr_mult = entry.lr_mult[family] if entry else 1.0
         wd_mult = entry.wd_mult[family] if entry else 1.0
-        key = (lr * lr_mult, weight_decay * wd_mult)
+        key = (lr * lr_mult, weight_decay * wd_mult, None if eps is None else eps * (entry.eps_mult if entry else 1.0))
         group = groups.setdefault(key, {"params": [], "lr": key[0], "weight_decay": key[1], "names": []})
+        if eps is not None:
+            group["eps"] = key[2]
         group["params"].append(param)
         group["names"].append(name)
     return list(groups.values())

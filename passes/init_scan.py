@@ -3,8 +3,9 @@
 Reads:  the model factory and the `Widths`.
 Writes: `{parameter FQN: InitStats}` — per parameter the std at base and delta width (the model
         built with a fixed seed on the CPU), the exponent p of std ∝ width^p that links them
-        (rounded to a multiple of 1/2, which absorbs sampling noise), and the excess kurtosis
-        at base (about -1.2 for a uniform init, 0 for a Gaussian). The plan predicts the
+        (rounded to a multiple of 1/2, which absorbs sampling noise), the excess kurtosis at
+        base (about -1.2 for a uniform init, 0 for a Gaussian), and whether the init is centred
+        (its mean within sampling error of 0). The plan predicts the
         model's own std at any width from these and reads the base std as muP's reference.
 Only base and delta are built, so the scan costs two small models whatever the target is.
 """
@@ -30,6 +31,7 @@ class InitStats:
     delta_std: float
     exponent: float  # std(width) = base_std * (width / base) ** exponent
     excess_kurtosis: float
+    zero_mean: bool  # the mean is within sampling error of 0 (a centred init such as normal(0, s))
 
     def std_at(self, ratio: float) -> float:
         return self.base_std * ratio**self.exponent
@@ -40,8 +42,8 @@ def scan_init(factory, widths: Widths) -> dict:
     delta = _stats(factory, widths.delta)
     ratio = widths.delta / widths.base
     return {
-        name: InitStats(b_std, delta[name][0], _exponent(b_std, delta[name][0], ratio), b_kurt)
-        for name, (b_std, b_kurt) in base.items()
+        name: InitStats(b_std, delta[name][0], _exponent(b_std, delta[name][0], ratio), b_kurt, b_zero_mean)
+        for name, (b_std, b_kurt, b_zero_mean) in base.items()
         if name in delta
     }
 
@@ -72,14 +74,17 @@ def _sample(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _moments(sample: torch.Tensor) -> tuple:
-    """(std, excess kurtosis); a constant tensor has std 0 and kurtosis 0."""
+    """(std, excess kurtosis, zero mean); a constant tensor has std 0 and kurtosis 0."""
+    mean = float(sample.mean())
     if sample.numel() < 2:
-        return 0.0, 0.0
-    centred = sample - sample.mean()
+        return 0.0, 0.0, mean == 0.0
+    centred = sample - mean
     var = centred.pow(2).mean()
     if var == 0:
-        return 0.0, 0.0
-    return float(sample.std()), float(centred.pow(4).mean() / var**2 - 3.0)
+        return 0.0, 0.0, mean == 0.0
+    std = float(sample.std())
+    zero_mean = abs(mean) <= 4 * std / math.sqrt(sample.numel())
+    return std, float(centred.pow(4).mean() / var**2 - 3.0), zero_mean
 
 
 def _exponent(base_std: float, delta_std: float, ratio: float) -> float:

@@ -34,7 +34,11 @@ MATMUL_FAMILY = {"matmul", "mm", "bmm", "baddbmm", "addmm", "einsum"}
 SOFTMAX_OPS = {"softmax", "_softmax", "_safe_softmax"}
 SDPA_OPS = {"scaled_dot_product_attention"}
 # A call of one of these at run time produces one node of its family in the captured graph.
-FAMILIES = {"linear": {"linear"}, "sdpa": SDPA_OPS, "matmul": MATMUL_FAMILY}
+CONV_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
+FAMILIES = {
+    "linear": {"linear"}, "sdpa": SDPA_OPS, "matmul": MATMUL_FAMILY, "embedding": {"embedding"},
+    "norm": {"layer_norm", "rms_norm", "group_norm"}, "conv": CONV_OPS,
+}
 
 
 def op_name(node: fx.Node) -> str:

@@ -3,13 +3,15 @@
 Reads:  an `nn.Module` (fresh from the factory, or loaded from a checkpoint) and a `Plan` made
         for its width.
 Writes: the same module (same class, hierarchy, parameters and state_dict keys) with
-        * parameters re-initialised to the plan's std, when asked: each tensor's deviation from
-          its mean is scaled by after/before, so the init family is kept (at base width the
-          ratio is exactly 1 and nothing is touched);
+        * parameters re-initialised to the plan's std, when asked: a centred tensor is scaled by
+          after/before, any other one only in its deviation from its mean, so the init family
+          is kept (at base width the ratio is exactly 1 and nothing is touched);
         * readout multipliers on an `nn.Linear` as a forward pre-hook scaling its input;
         * every other use-site edit by scoped call interception: while the owning module runs,
-          a TorchFunctionMode counts calls of the op's family (linear, matmul, sdpa) and edits
-          the plan's occurrence — exact, and blind to how the forward is written.
+          a TorchFunctionMode counts calls of the op's family (linear, matmul, sdpa, embedding,
+          norm, conv) and edits the plan's occurrence — exact, and blind to how the forward is
+          written;
+        * frozen parameters (requires_grad False) and removed gains (set to their constant).
         Hooks are small picklable objects, so `torch.save`, deepcopy and DDP keep working.
 """
 
@@ -30,6 +32,9 @@ REALIZED_FLAG = "_muprewrite_realized"
 RUNTIME_FAMILIES = {
     F.linear: "linear",
     F.scaled_dot_product_attention: "sdpa",
+    F.embedding: "embedding",
+    **dict.fromkeys([F.layer_norm, F.rms_norm, F.group_norm], "norm"),
+    **dict.fromkeys([F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d], "conv"),
     **dict.fromkeys(
         [torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
          torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.baddbmm,
@@ -40,6 +45,11 @@ RUNTIME_FAMILIES = {
 
 # Overridable torch functions written in Python that make family calls of their own.
 COMPOSITES = {F.multi_head_attention_forward}
+# Where a runtime function's arguments sit in another order than the captured aten op's.
+RUNTIME_POSITION = {"embedding": {0: 1, 1: 0}}  # aten.embedding(weight, ids) vs F.embedding(ids, weight)
+# The keyword a runtime function takes an argument by when it is not passed positionally.
+RUNTIME_KEYWORD = {"norm": {2: "weight", 3: "bias"}, "linear": {1: "weight", 2: "bias"},
+                   "conv": {1: "weight", 2: "bias"}, "embedding": {1: "weight"}}
 
 
 def realize(model: nn.Module, plan: Plan, reinit: bool) -> nn.Module:
@@ -49,6 +59,7 @@ def realize(model: nn.Module, plan: Plan, reinit: bool) -> nn.Module:
     check_shapes(model, plan)
     if reinit:
         reinitialize(model, plan)
+    fix_frozen(model, plan)
     install_edits(model, plan.edits)
     setattr(model, REALIZED_FLAG, True)
     return model
@@ -73,13 +84,37 @@ def check_shapes(model: nn.Module, plan: Plan) -> None:
 
 
 def reinitialize(model: nn.Module, plan: Plan) -> None:
+    """Effective std from the plan; the stored tensor divided by its weight multiplier; zero slices."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             entry = plan.param(name)
-            if entry is None or entry.init_ratio == 1.0:
+            if entry is None:
                 continue
-            mean = param.mean()
-            param.sub_(mean).mul_(entry.init_ratio).add_(mean)
+            if entry.init_ratio != 1.0 and entry.zero_mean:
+                param.mul_(entry.init_ratio)
+            elif entry.init_ratio != 1.0:
+                mean = param.mean()
+                param.sub_(mean).mul_(entry.init_ratio).add_(mean)
+            if entry.weight_multiplier != 1.0:
+                param.div_(entry.weight_multiplier)
+            for piece in entry.zero:
+                param.narrow(piece["dim"], piece["start"], _length(param, piece)).zero_()
+
+
+def fix_frozen(model: nn.Module, plan: Plan) -> None:
+    """Freeze what the plan freezes and set removed gains to their constant (also on checkpoints)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            entry = plan.param(name)
+            if entry is not None and entry.fill is not None:
+                param.fill_(entry.fill)
+            if entry is not None and not entry.trainable:
+                param.requires_grad_(False)
+
+
+def _length(param: torch.Tensor, piece: dict) -> int:
+    stop = param.shape[piece["dim"]] if piece["stop"] is None else piece["stop"]
+    return stop - piece["start"]
 
 
 def install_edits(model: nn.Module, edits: list) -> None:
@@ -110,7 +145,9 @@ class InterceptCalls:
     """Pre/post hooks that keep an `_EditCalls` mode active while one module runs."""
 
     def __init__(self, edits: list):
-        self.edits = {(e.family, e.occurrence): e for e in edits}
+        self.edits = {}  # (family, occurrence) -> the edits of that call (a weight and its bias, say)
+        for edit in edits:
+            self.edits.setdefault((edit.family, edit.occurrence), []).append(edit)
         self.fired = Counter()
         self._active = []
 
@@ -144,18 +181,24 @@ class _EditCalls(TorchFunctionMode):
             return func(*args, **kwargs)
         key = (family, self.counts[family])
         self.counts[family] += 1
-        edit = self.edits.get(key)
-        if edit is None:
+        edits = self.edits.get(key)
+        if not edits:
             return func(*args, **kwargs)
         self.fired[key] += 1
-        return apply_edit(edit, func, args, kwargs)
+        for edit in edits:
+            args, kwargs = edit_arguments(edit, args, kwargs)
+        return func(*args, **kwargs)
 
 
-def apply_edit(edit: Edit, func, args, kwargs):
-    if edit.apply_to == "scale_kwarg":
-        args = args[:6]  # scale is the 7th parameter of scaled_dot_product_attention
-        return func(*args, **{**kwargs, "scale": edit.new})
-    return func(*_scale_operand(args, edit.operand, edit.factor), **kwargs)
+def edit_arguments(edit: Edit, args, kwargs) -> tuple:
+    """The call's (args, kwargs) with one edit applied."""
+    if edit.apply_to == "scale_kwarg":  # scale is the 7th parameter of scaled_dot_product_attention
+        return args[:6], {**kwargs, "scale": edit.new}
+    operand = RUNTIME_POSITION.get(edit.family, {}).get(edit.operand, edit.operand)
+    if isinstance(operand, int) and operand >= len(args):  # passed by keyword, e.g. F.layer_norm(x, s, weight=w)
+        name = RUNTIME_KEYWORD[edit.family][operand]
+        return args, {**kwargs, name: kwargs[name] * edit.factor}
+    return _scale_operand(args, operand, edit.factor), kwargs
 
 
 def _scale_operand(args, operand, factor):

@@ -29,6 +29,8 @@ def verify(factory, inputs, plan: Plan, width: int, realize_fn=realize) -> dict:
     realized = realize_fn(build_model(factory, width), plan, reinit=True)
     oracle = rewrite_graph(export_model(build_model(factory, width), inputs, "cpu").module(), plan)
     oracle.load_state_dict(realized.state_dict())
+    for name, param in oracle.named_parameters():  # frozen stays frozen on both sides
+        param.requires_grad_(realized.get_parameter(name).requires_grad)
     realized.train()
     got, got_grads = _run(realized, inputs)
     want, want_grads = _run(oracle, inputs)
@@ -80,7 +82,7 @@ def _check_all_fired(model, plan: Plan) -> None:
         for hook in list(module._forward_pre_hooks.values()):
             owner = getattr(hook, "__self__", None)
             if isinstance(owner, InterceptCalls):
-                fired |= {(owner.edits[k].module, k) for k in owner.fired}
+                fired |= {(e.module, k) for k in owner.fired for e in owner.edits[k]}
     for edit in plan.edits:
         if edit.realized_by == "call_interception" and (edit.module, (edit.family, edit.occurrence)) not in fired:
             raise VerificationError(

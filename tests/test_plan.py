@@ -104,7 +104,7 @@ def test_report_is_a_view_of_the_plan(tied):
         assert f"`{edit.node}`" in markdown and edit.realized_by in markdown
     assert "tied: input + output" in markdown
     assert "<html" in tied._repr_html_().lower()
-    assert "Verified at width 64" in tied.report.to_text()
+    assert "Verified at width 64" in markdown and "realized model == edited graph" in " ".join(tied.report.to_text(width=400).split())
 
 
 def test_bad_plan_files_are_one_line_errors(tmp_path):

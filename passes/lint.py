@@ -1,0 +1,81 @@
+"""lint: the warnings the papers call for, read off the analysis and the plan.
+
+Reads:  `Dataflow`, the uses from `roles`, the attention sites, the `InitStats` and a `Plan`.
+Writes: a list of `PlanWarning` (code, message, paper reference, the names it applies to),
+        which the pipeline stores in the plan.
+"""
+
+from __future__ import annotations
+
+from ..plan import Plan, PlanWarning
+from . import ops
+from .decide import norm_gains
+from .dims import Dataflow
+
+SMALL_D_HEAD = 32
+UNIFORM_KURTOSIS = -0.9  # excess kurtosis: -1.2 for a uniform init, 0 for a Gaussian
+
+
+def lint(flow: Dataflow, uses: dict, sites: list, init: dict, plan: Plan) -> list:
+    checks = (_unclassified, _tied, _uniform_init, _squashing, _small_heads, _gains, _coupled_decay, _query_slices)
+    return [w for check in checks for w in check(flow, uses, sites, init, plan)]
+
+
+def _unclassified(flow, uses, sites, init, plan):
+    names = [n for n, p in plan.parameters.items() if p.role == "unclassified"]
+    if names:
+        seen = sorted({u["op"] for n in names for u in plan.parameters[n].uses if u["role"] == "unclassified"})
+        yield PlanWarning("unclassified-use", f"{len(names)} parameter(s) reach an op the compiler does not "
+                          f"understand ({', '.join(seen)}); they keep the standard parametrization",
+                          "DESIGN.md: roles", names)
+
+
+def _tied(flow, uses, sites, init, plan):
+    names = [n for n, p in plan.parameters.items() if len({u["role"] for u in p.uses}) > 1]
+    if names:
+        yield PlanWarning("tied-weights", "tensor(s) used in several roles (tied weights): the tensor follows "
+                          "its first use's init and LR, every use site gets its own multiplier", "TP5 §B.1", names)
+
+
+def _uniform_init(flow, uses, sites, init, plan):
+    names = [n for n, p in plan.parameters.items()
+             if p.role in ("input", "hidden", "output") and init[n].excess_kurtosis < UNIFORM_KURTOSIS]
+    if names:
+        yield PlanWarning("uniform-init", "weights initialised from a uniform distribution; muP transfers "
+                          "better with a Gaussian init", "TP5 §D.5", names)
+
+
+def _squashing(flow, uses, sites, init, plan):
+    nodes = [n for n in flow.graph.nodes if ops.op_name(flow.fx(n)) == "tanh"]
+    if nodes:
+        yield PlanWarning("squashing-activation", "tanh-like activations saturate as width grows unless the "
+                          "pre-activations stay O(1); prefer ReLU/GELU", "TP5 §D.3", nodes)
+
+
+def _small_heads(flow, uses, sites, init, plan):
+    nodes = [s.node for s in sites if s.d_head["base"] < SMALL_D_HEAD]
+    if nodes:
+        yield PlanWarning("small-head-dim", f"d_head below {SMALL_D_HEAD} at base width: the proxy model's "
+                          "attention is far from the infinite-width limit, transfer may drift", "TP5 §D.4", nodes)
+
+
+def _gains(flow, uses, sites, init, plan):
+    names = sorted(norm_gains(uses))
+    if names and plan.options["norm_gains"] == "trainable":
+        yield PlanWarning("trainable-norm-gains", "trainable normalization gains were found to break learning-"
+                          "rate transfer (Lingle 2024); option norm_gains='frozen' or 'removed' fixes them",
+                          "Lingle 2024 §4", names)
+
+
+def _coupled_decay(flow, uses, sites, init, plan):
+    if plan.options["weight_decay"] == "coupled":
+        yield PlanWarning("coupled-weight-decay", "weight decay coupled to the per-tensor LR moves the optimal "
+                          "LR with width; use weight_decay='independent'", "TP5 §B.3; Lingle 2024", [])
+
+
+def _query_slices(flow, uses, sites, init, plan):
+    missing = [s.node for s in sites if s.query_slices is None]
+    if plan.options["zero_init_query"] and missing:
+        yield PlanWarning("query-not-found", "zero_init_query: the query projection of these attention "
+                          "sites could not be traced back to a weight; their queries are not zeroed",
+                          "TP5 §D.2", missing)
