@@ -124,8 +124,9 @@ def _readout_edits(flow, name, param_uses, parametrization, options, at) -> list
         if factor == 1.0:
             continue
         operand = _activation_operand(use)
+        owners = {n.rpartition(".")[0] for n in [name, *flow.captures.aliases.get(name, [])]}
         hookable = (use.op == "linear" and operand == 0 and flow.module_type(use.node) in _HOOKABLE_LINEARS
-                    and name.rpartition(".")[0] == use.module)
+                    and use.module in owners)
         edits.append(Edit(
             kind="readout_multiplier", module=use.module, node=use.node, old=1.0, new=factor,
             realized_by="forward_pre_hook" if hookable else "call_interception", family=ops.family(use.op),

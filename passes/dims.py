@@ -54,7 +54,9 @@ class Dataflow:
 
 def analyse_dims(captures: Captures) -> Dataflow:
     graphs = {name: captures.programs[name].graph for name in WIDTH_NAMES}
-    params = captures.programs["target"].graph_signature.inputs_to_parameters
+    canonical = {alias: name for name, aliases in captures.aliases.items() for alias in aliases}
+    params = {node: canonical.get(fqn, fqn)  # a tied tensor goes by its first name in named_parameters()
+              for node, fqn in captures.programs["target"].graph_signature.inputs_to_parameters.items()}
     _check_same_structure(graphs)
     graph = nx.DiGraph()
     for nodes in zip(*(graphs[name].nodes for name in WIDTH_NAMES)):

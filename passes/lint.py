@@ -17,7 +17,8 @@ UNIFORM_KURTOSIS = -0.9  # excess kurtosis: -1.2 for a uniform init, 0 for a Gau
 
 
 def lint(flow: Dataflow, uses: dict, sites: list, init: dict, plan: Plan) -> list:
-    checks = (_unclassified, _tied, _uniform_init, _squashing, _small_heads, _gains, _coupled_decay, _query_slices)
+    checks = (_unclassified, _tied, _uniform_init, _squashing, _small_heads, _gains, _coupled_decay,
+              _query_slices, _width_dependent_constants)
     return [w for check in checks for w in check(flow, uses, sites, init, plan)]
 
 
@@ -46,7 +47,8 @@ def _uniform_init(flow, uses, sites, init, plan):
 
 
 def _squashing(flow, uses, sites, init, plan):
-    nodes = [n for n in flow.graph.nodes if ops.op_name(flow.fx(n)) == "tanh"]
+    nodes = [n for n in flow.graph.nodes if ops.op_name(flow.fx(n)) in ("tanh", "sigmoid")
+             and "gelu" not in flow.module_type(n).lower()]  # GELU's tanh approximation is not a squashing
     if nodes:
         yield PlanWarning("squashing-activation", "tanh-like activations saturate as width grows unless the "
                           "pre-activations stay O(1); prefer ReLU/GELU", "TP5 §D.3", nodes)
@@ -79,3 +81,33 @@ def _query_slices(flow, uses, sites, init, plan):
         yield PlanWarning("query-not-found", "zero_init_query: the query projection of these attention "
                           "sites could not be traced back to a weight; their queries are not zeroed",
                           "TP5 §D.2", missing)
+
+
+def _width_dependent_constants(flow, uses, sites, init, plan):
+    """A constant multiplier that changes with width outside attention (T5's tied-readout d**-0.5)."""
+    attention = {s.node for s in sites}
+    nodes = []
+    for name in flow.graph.nodes:
+        base, delta = flow.fx(name, "base"), flow.fx(name, "delta")
+        if ops.op_name(base) in ops.SCALAR_ARITH_OPS and len(base.args) > 1 and isinstance(base.args[1], float):
+            if base.args[1] != delta.args[1] and not _feeds_attention(base, attention):
+                nodes.append(name)
+    if nodes:
+        yield PlanWarning("width-dependent-constant", "the model multiplies by a constant that depends on "
+                          "width (e.g. d_model**-0.5); muP's multipliers are applied on top of it, so the "
+                          "model's own width dependence is kept — make it a constant if that is not intended",
+                          "TP5 §B.1 (multipliers)", nodes)
+
+
+def _feeds_attention(node, attention: set) -> bool:
+    """Whether a scalar op sits between a q·k contraction and its softmax (handled by the attention pass)."""
+    frontier, seen = list(node.all_input_nodes), set()
+    while frontier:
+        current = frontier.pop()
+        if current.name in attention:
+            return True
+        if current.name in seen or ops.op_name(current) not in ("mul", "div", "add", "masked_fill", "_to_copy", "to"):
+            continue
+        seen.add(current.name)
+        frontier += current.all_input_nodes
+    return False

@@ -29,6 +29,8 @@ VIEW_OPS = {
     "chunk", "unbind", "flatten", "unflatten", "view_as", "movedim", "dropout", "neg",
 }
 SCALAR_ARITH_OPS = {"mul", "div"}
+# Ops that place a parameter into an activation without contracting it (a ViT's cls token).
+PLACEMENT_OPS = {"cat", "stack", "concat", "index_put", "slice_scatter", "select_scatter"}
 IGNORED_OPS = {"sym_size", "_assert_tensor_metadata", "_assert_scalar", "sym_numel", "output"}
 MATMUL_FAMILY = {"matmul", "mm", "bmm", "baddbmm", "addmm", "einsum"}
 SOFTMAX_OPS = {"softmax", "_softmax", "_safe_softmax"}

@@ -82,7 +82,7 @@ def _classify(flow: Dataflow, param_node: str, source: fx.Node, user: fx.Node, p
         fan_in = {w: math.prod(operand_shape.at(w)[d] for d in contracted) for w in WIDTH_NAMES}
         fan_out = {w: operand_shape.numel(w) // fan_in[w] for w in WIDTH_NAMES}
         role = _contraction_role(fan_in, fan_out)
-    elif name in ops.NORM_OPS or ops.is_pointwise(user) or _is_bias_slot(name, position):
+    elif name in ops.NORM_OPS or name in ops.PLACEMENT_OPS or ops.is_pointwise(user) or _is_bias_slot(name, position):
         param_shape = flow.shape(param_node)
         fan_in = dict.fromkeys(WIDTH_NAMES, 1)
         fan_out = {w: param_shape.numel(w) for w in WIDTH_NAMES}
