@@ -17,7 +17,13 @@ DEFAULT_FACTORY = "make_model"
 
 
 def load_model_file(spec: str) -> tuple:
-    """'path/model.py[:factory]' -> (factory, module), loaded as `python path/model.py` would."""
+    """'path/model.py[:factory]' -> (factory, module), loaded as `python path/model.py` would.
+
+    'hf:TYPE' or 'hf:config.json' gives a Hugging Face factory (see muprewrite.hf); its module
+    stands in with BASE_WIDTH, TARGET_WIDTH and example_inputs().
+    """
+    if spec.startswith("hf:"):
+        return _hf_model(spec[3:])
     path_text, _, factory_name = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
     path = Path(path_text)
     if not path.is_file():
@@ -32,6 +38,16 @@ def load_model_file(spec: str) -> tuple:
             f"{path} defines no function {name}(width); define it or pick one with {path}:NAME "
             f"(functions found: {', '.join(defined) or 'none'})"
         )
+    return factory, module
+
+
+def _hf_model(name: str) -> tuple:
+    from . import hf
+
+    factory = hf.factory(name)
+    module = ModuleType(f"hf:{name}")
+    module.BASE_WIDTH, module.TARGET_WIDTH = hf.BASE_WIDTH, hf.TARGET_WIDTH
+    module.example_inputs = lambda: hf.example_inputs(name)
     return factory, module
 
 
