@@ -6,6 +6,7 @@ import importlib
 import pytest
 import torch
 
+import muprewrite
 from muprewrite import VerificationError
 from muprewrite.api import analyse
 from muprewrite.passes.realize import realize
@@ -82,3 +83,19 @@ def test_realized_model_trains_like_the_edited_graph_under_manual_attention():
     report = verify(module.make_model, module.example_inputs(), plan, width)
     assert report["outputs"] <= 1e-6 and report["gradients"] <= 1e-6
     assert torch.isfinite(torch.tensor(list(report.values()))).all()
+
+
+def test_inference_fast_path_does_not_skip_the_attention_edit(monkeypatch):
+    """nn.TransformerEncoderLayer has a fused eval/no_grad path that would bypass the SDPA edit;
+    torch skips it when hooks are attached to its submodules, as the interception hooks are."""
+    module = importlib.import_module("transformer_encoder")
+    result = muprewrite.mupify(module.make_model, base=32, target=128, example_inputs=module.example_inputs())
+    fast_calls = []
+    fused = torch._transformer_encoder_layer_fwd
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", lambda *a, **k: fast_calls.append(1) or fused(*a, **k))
+    model = result.model.eval()
+    (tokens,) = module.example_inputs()
+    with torch.no_grad():
+        inference = model(tokens)
+    assert fast_calls == []
+    torch.testing.assert_close(inference, model(tokens).detach(), rtol=0, atol=0)
