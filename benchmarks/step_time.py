@@ -236,7 +236,7 @@ def main() -> None:
         table.add_row(*row)
     console.print(table)
 
-    md = [f"# step_time: muP-rewritten vs original nanoGPT, forward + backward", "",
+    md = ["# step_time: muP-rewritten vs original nanoGPT, forward + backward", "",
           f"examples/nanogpt.py GPT, d_model {args.d_model} (muP base {args.base}, `verify_width=False`), "
           f"n_head {args.n_head} (fixed, so d_head grows), {args.n_layer} layers, block_size = seq {args.seq}, "
           f"vocab {args.vocab}, dropout {args.dropout}, batch {args.batch}; {torch.get_num_threads()} torch threads. "

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rewrite a PyTorch model into its Maximal Update Parametrization (muP). MODEL is a "
         "Python file defining make_model(width) -> nn.Module, and optionally example_inputs(), "
         "BASE_WIDTH and TARGET_WIDTH; MODEL:NAME picks another factory.",
+        epilog="See also: muprewrite coordcheck MODEL --help (the coordinate check of TP5 §D.1).",
     )
     parser.add_argument("model", metavar="MODEL[:FACTORY]", help="path to model.py, optionally :factory_name")
     parser.add_argument("--base", type=int, help="base width (default: BASE_WIDTH in the model file)")
@@ -36,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["coordcheck"]:  # subcommand: `muprewrite coordcheck MODEL ...` (coordcheck_cli.py)
+        from .coordcheck_cli import main as coordcheck_main
+        return coordcheck_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return run(args)

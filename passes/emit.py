@@ -31,16 +31,29 @@ def param_groups(model: nn.Module, plan: Plan, lr: float, weight_decay: float = 
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        entry = plan.param(name)
-        lr_mult = entry.lr_mult[family] if entry else 1.0
-        wd_mult = entry.wd_mult[family] if entry else 1.0
-        key = (lr * lr_mult, weight_decay * wd_mult, None if eps is None else eps * (entry.eps_mult if entry else 1.0))
+        entry = _entry(plan, name)
+        lr_mult, wd_mult = entry.lr_mult[family], entry.wd_mult[family]
+        key = (lr * lr_mult, weight_decay * wd_mult, None if eps is None else eps * entry.eps_mult)
         group = groups.setdefault(key, {"params": [], "lr": key[0], "weight_decay": key[1], "names": []})
         if eps is not None:
             group["eps"] = key[2]
         group["params"].append(param)
         group["names"].append(name)
     return list(groups.values())
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / FSDP and torch.compile wrappers
+
+
+def _entry(plan: Plan, name: str):
+    """The plan's entry for a parameter, seen through DDP and torch.compile wrappers."""
+    entry = plan.param(name)
+    while entry is None and name.startswith(WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+        entry = plan.param(name)
+    if entry is None:
+        raise MuRewriteError(f"parameter '{name}' is not in the plan; pass the model the plan was made for")
+    return entry
 
 
 def write_artifacts(plan: Plan, report, out_dir) -> list:

@@ -2,12 +2,14 @@
 
 Reads:  the model factory and the `Widths`.
 Writes: `{parameter FQN: InitStats}` — per parameter the std at base and delta width (the model
-        built with a fixed seed on the CPU), the exponent p of std ∝ width^p that links them
-        (rounded to a multiple of 1/2, which absorbs sampling noise), the excess kurtosis at
-        base (about -1.2 for a uniform init, 0 for a Gaussian), and whether the init is centred
-        (its mean within sampling error of 0). The plan predicts the
-        model's own std at any width from these and reads the base std as muP's reference.
-Only base and delta are built, so the scan costs two small models whatever the target is.
+        built with a fixed seed on the CPU; small random tensors such as biases pooled over a
+        few more seeds), the exponent p of std ∝ width^p that links them (a multiple of 1/2,
+        and 0 unless the change is well outside sampling error, so a tensor whose init does not
+        depend on width is never rescaled by noise), the excess kurtosis at base (about -1.2
+        for a uniform init, 0 for a Gaussian), and whether the init is centred (mean within
+        sampling error of 0). The plan predicts the model's own std at any width from these
+        and reads the base std as muP's reference.
+Only base and delta are built (a few times when small random tensors need it), whatever the target.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from .capture import build_model
 
 SEED = 0
 SAMPLE = 1 << 16  # elements per tensor: the std is then known to ~0.5%, at any model size
+SMALL = 4096  # a random tensor smaller than this is drawn again (more models) and pooled ...
+POOLED = 512  # ... until about this many entries back its std (standard error ~3%) ...
+MAX_DRAWS, MAX_DRAWS_LARGE, LARGE = 32, 4, 20_000_000  # ... within a budget of model builds
+EVIDENCE = 3.0  # the std must change by this many standard errors before the exponent is not 0
 
 
 @dataclass(frozen=True)
@@ -42,18 +48,45 @@ def scan_init(factory, widths: Widths) -> dict:
     delta = _stats(factory, widths.delta)
     ratio = widths.delta / widths.base
     return {
-        name: InitStats(b_std, delta[name][0], _exponent(b_std, delta[name][0], ratio), b_kurt, b_zero_mean)
-        for name, (b_std, b_kurt, b_zero_mean) in base.items()
+        name: InitStats(b.std, delta[name].std, _exponent(b, delta[name], ratio), b.excess_kurtosis, b.zero_mean)
+        for name, b in base.items()
         if name in delta
     }
 
 
+@dataclass(frozen=True)
+class _Moments:
+    std: float
+    excess_kurtosis: float
+    zero_mean: bool
+    count: int  # entries the estimate rests on
+
+
 def _stats(factory, width: int) -> dict:
+    """Moments of every parameter; small random tensors pooled over DRAWS independent builds."""
+    samples = _draw(factory, width, SEED)
+    small = [n for n, x in samples.items() if 1 < x.numel() < SMALL and x.std() > 0]
+    for seed in range(SEED + 1, SEED + _draws(samples, small)):
+        extra = _draw(factory, width, seed)
+        for name in small:
+            samples[name] = torch.cat([samples[name], extra[name]])
+    with _single_thread():  # many tiny ops: threads only add contention
+        return {name: _moments(sample) for name, sample in samples.items()}
+
+
+def _draws(samples: dict, small: list) -> int:
+    if not small:
+        return 1
+    budget = MAX_DRAWS_LARGE if sum(x.numel() for x in samples.values()) > LARGE else MAX_DRAWS
+    return min(budget, math.ceil(POOLED / min(samples[n].numel() for n in small)))
+
+
+def _draw(factory, width: int, seed: int) -> dict:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
+        torch.manual_seed(seed)
         model = build_model(factory, width, device="cpu")
-    with torch.no_grad(), _single_thread():  # many tiny ops: threads only add contention
-        return {name: _moments(_sample(param)) for name, param in model.named_parameters()}
+    with torch.no_grad(), _single_thread():
+        return {name: _sample(param) for name, param in model.named_parameters()}
 
 
 @contextlib.contextmanager
@@ -73,21 +106,24 @@ def _sample(tensor: torch.Tensor) -> torch.Tensor:
     return flat[::stride].double()
 
 
-def _moments(sample: torch.Tensor) -> tuple:
-    """(std, excess kurtosis, zero mean); a constant tensor has std 0 and kurtosis 0."""
-    mean = float(sample.mean())
-    if sample.numel() < 2:
-        return 0.0, 0.0, mean == 0.0
+def _moments(sample: torch.Tensor) -> _Moments:
+    """A constant tensor has std 0 and kurtosis 0."""
+    mean, count = float(sample.mean()), sample.numel()
     centred = sample - mean
-    var = centred.pow(2).mean()
+    var = centred.pow(2).mean() if count > 1 else 0.0
     if var == 0:
-        return 0.0, 0.0, mean == 0.0
+        return _Moments(0.0, 0.0, mean == 0.0, count)
     std = float(sample.std())
-    zero_mean = abs(mean) <= 4 * std / math.sqrt(sample.numel())
-    return std, float(centred.pow(4).mean() / var**2 - 3.0), zero_mean
+    zero_mean = abs(mean) <= 4 * std / math.sqrt(count)
+    return _Moments(std, float(centred.pow(4).mean() / var**2 - 3.0), zero_mean, count)
 
 
-def _exponent(base_std: float, delta_std: float, ratio: float) -> float:
-    if base_std == 0 or delta_std == 0:
+def _exponent(base: _Moments, delta: _Moments, ratio: float) -> float:
+    """p in std ∝ width^p, a multiple of 1/2; 0 unless the change is well outside sampling error."""
+    if base.std == 0 or delta.std == 0:
         return 0.0
-    return round(2 * math.log(delta_std / base_std) / math.log(ratio)) / 2
+    log_change = math.log(delta.std / base.std)
+    standard_error = math.sqrt(1 / (2 * (base.count - 1)) + 1 / (2 * (delta.count - 1)))
+    if abs(log_change) < EVIDENCE * standard_error:
+        return 0.0
+    return round(2 * log_change / math.log(ratio)) / 2

@@ -116,3 +116,11 @@ def test_bad_plan_files_are_one_line_errors(tmp_path):
     (tmp_path / "other.json").write_text('{"hello": 1}')
     with pytest.raises(MuRewriteError, match="not a muprewrite plan"):
         Plan.load(tmp_path / "other.json")
+
+
+def test_param_groups_see_through_compile_and_ddp_wrappers(tied):
+    compiled = torch.compile(tied.model)
+    by_name = {n: g["lr"] for g in muprewrite.param_groups(compiled, tied.plan, lr=1e-3) for n in g["names"]}
+    assert by_name["_orig_mod.blocks.0.mlp.c_fc.weight"] == pytest.approx(1e-3 / 4)
+    with pytest.raises(MuRewriteError, match="not in the plan"):
+        muprewrite.param_groups(mlp.make_model(128), tied.plan, lr=1e-3)
