@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from rich.console import Console
@@ -29,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--delta", type=int, help="second small width that tells which dims grow (default: 2 x base)")
     parser.add_argument("--target", type=int, help="target width (default: TARGET_WIDTH in the model file)")
     parser.add_argument("--parametrization", choices=PARAMETRIZATIONS, default="mup")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a rewrite option, repeatable: alpha_out=2.0, zero_init_readout=true, "
+                        "zero_init_query=true, norm_gains=frozen, weight_decay=coupled, attention_scale=sp, "
+                        "adam_eps=scaled, alpha_attn=..., alpha_in=... (see README)")
     parser.add_argument("--out", metavar="DIR", help="write plan.json, report.md and report.html into DIR")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON on stdout and nothing else")
     parser.add_argument("--no-verify", action="store_true", help="skip checking the realized model against the edited graph")
@@ -62,7 +67,8 @@ def run(args) -> int:
     target = _width(args.target, module, "TARGET_WIDTH", "--target")
     inputs = _example_inputs(module)
     result = mupify(factory, base=base, delta=args.delta, target=target, example_inputs=inputs,
-                    parametrization=args.parametrization, verify_width=not args.no_verify,
+                    parametrization=args.parametrization, options=parse_options(args.option),
+                    verify_width=not args.no_verify,
                     materialize=False, progress=not args.json and sys.stderr.isatty())
     if args.json:
         print(result.plan.to_json())
@@ -73,6 +79,20 @@ def run(args) -> int:
         if not args.json:
             Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def parse_options(pairs: list) -> dict | None:
+    """['alpha_out=2', 'zero_init_readout=true', 'norm_gains=frozen'] -> {...} (JSON values, else strings)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MuRewriteError(f"--option takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options or None
 
 
 def _width(flag_value, module, attribute: str, flag: str) -> int:

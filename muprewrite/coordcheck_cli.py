@@ -8,13 +8,13 @@ rewritten model grows with width), 2 on bad input (one line; --debug for the tra
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from .coordcheck import DEFAULT_LR, DEFAULT_MULTIPLIERS, DEFAULT_SEEDS, DEFAULT_STEPS, DEFAULT_THRESHOLD, OPTIMIZERS, coordcheck
+from .cli import parse_options
 from .errors import MuRewriteError
 from .rules import PARAMETRIZATIONS
 
@@ -91,7 +91,7 @@ def run(args) -> int:
         factory, base=base, delta=args.delta, widths=args.widths,
         multipliers=args.multipliers or DEFAULT_MULTIPLIERS, example_inputs=_example_inputs(module),
         steps=args.steps, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        threshold=args.threshold, parametrization=args.parametrization, options=_options(args.option),
+        threshold=args.threshold, parametrization=args.parametrization, options=parse_options(args.option),
         compare_sp=not args.no_sp, seed=args.seed, seeds=args.seeds, device=args.device,
         progress=not args.json and sys.stderr.isatty(), name=Path(args.model.partition(":")[0]).name,
     )
@@ -118,17 +118,3 @@ def _number_list(text: str) -> list:
         return [float(x) if "." in x else int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 1,2,4,8, got {text!r}") from None
-
-
-def _options(pairs: list) -> dict | None:
-    """['alpha_out=2', 'weight_decay=coupled'] -> {'alpha_out': 2, 'weight_decay': 'coupled'}."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise MuRewriteError(f"--option takes KEY=VALUE, got {pair!r}")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options or None

@@ -64,6 +64,14 @@ def checked_options(options: dict | None) -> dict:
     if unknown:
         raise MuRewriteError(f"unknown option(s) {', '.join(unknown)}; known options: {', '.join(DEFAULT_OPTIONS)}")
     options = {**DEFAULT_OPTIONS, **(options or {})}
+    for key, default in DEFAULT_OPTIONS.items():
+        value = options[key]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise MuRewriteError(f"option {key} takes true or false, got {value!r}")
+        if isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise MuRewriteError(f"option {key} takes a positive number, got {value!r}")
+            options[key] = float(value)
     for key, allowed in CHOICES.items():
         if options[key] not in allowed:
             raise MuRewriteError(f"option {key}={options[key]!r} is not one of {', '.join(allowed)}")

@@ -111,3 +111,16 @@ def test_console_script_and_debug_traceback():
     assert plain.returncode == EXIT_USER_ERROR and "Traceback" not in plain.stderr
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "WidthError" in debug.stderr
+
+
+def test_rewrite_options_from_the_command_line(capsys):
+    code, out, _ = run_cli(capsys, ROOT / "examples" / "gpt_sdpa.py", "--json", "--option", "zero_init_query=true",
+                           "--option", "norm_gains=frozen", "--option", "alpha_out=2")
+    plan = json.loads(out)
+    assert code == 0 and plan["options"]["alpha_out"] == 2.0 and plan["options"]["norm_gains"] == "frozen"
+    assert plan["parameters"]["blocks.0.attn.c_attn.weight"]["zero"] == [{"dim": 0, "start": 0, "stop": 256}]
+    assert plan["parameters"]["blocks.0.ln_1.weight"]["trainable"] is False
+    for bad, message in (("foo=1", "unknown option"), ("foo", "KEY=VALUE"), ("zero_init_query=yes", "true or false"),
+                         ("alpha_out=-1", "positive number")):
+        code, out, err = run_cli(capsys, ROOT / "examples" / "mlp.py", "--option", bad)
+        assert code == EXIT_USER_ERROR and message in err and len(err.strip().splitlines()) == 1
