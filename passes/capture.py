@@ -68,7 +68,7 @@ def export_model(model: nn.Module, inputs, device) -> torch.export.ExportedProgr
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CaptureError(
-            f"torch.export could not capture {type(model).__name__}: {first_line}{_where(exc)}; "
+            f"torch.export could not capture {type(model).__name__}: {first_line}{_where(exc, model)}; "
             "make that code traceable (no Python branches on tensor values, no .item(), no "
             "printing tensors) or run with --debug for the full trace"
         ) from exc
@@ -117,8 +117,8 @@ def _disable_kv_cache(model: nn.Module) -> None:
         config.use_cache = False
 
 
-def _where(exc: BaseException) -> str:
-    """' (at file:line: code)' for the innermost frame of the user's own code, if any."""
+def _where(exc: BaseException, model: nn.Module | None = None) -> str:
+    """' (in module PATH (Type), at file:line: code)' for the innermost frame of the user's code."""
     frames = []
     while exc is not None:  # torch often re-raises: the user's frame may sit in the cause
         frames = traceback.extract_tb(exc.__traceback__) + frames
@@ -128,7 +128,20 @@ def _where(exc: BaseException) -> str:
         return ""
     frame = own[-1]
     code = f": `{frame.line.strip()}`" if frame.line else ""
-    return f" (at {frame.filename}:{frame.lineno}{code})"
+    module = _module_running(model, frame) if model is not None else ""
+    return f" ({module}at {frame.filename}:{frame.lineno}{code})"
+
+
+def _module_running(model: nn.Module, frame) -> str:
+    """'in module PATH (Type), ' when the frame's line sits in some submodule's forward."""
+    for path, module in model.named_modules():
+        code = getattr(type(module).forward, "__code__", None)
+        if code is None or Path(code.co_filename).resolve() != Path(frame.filename).resolve():
+            continue
+        last = max((line for _, _, line in code.co_lines() if line), default=code.co_firstlineno)
+        if code.co_firstlineno <= frame.lineno <= last:
+            return f"in module '{path or '(root)'}' ({type(module).__name__}), "
+    return ""
 
 
 def _is_library(filename: str) -> bool:

@@ -79,7 +79,8 @@ def test_keyword_example_inputs_and_dict_outputs(capsys):
         ([FIXTURES / "ignores_width.py"], "seems to ignore its width"),
         ([FIXTURES / "finite_trap.py"], "is 16 at base and delta but 64 at target"),
         ([FIXTURES / "structure_changes.py"], "differs from the base graph at node"),
-        ([FIXTURES / "data_dependent.py"], "data_dependent.py:15: `if h.sum() > 0:"),
+        ([FIXTURES / "data_dependent.py"], "in module '(root)' (Branchy), at {}:15: `if h.sum() > 0:".format(
+            FIXTURES / "data_dependent.py")),
         ([FIXTURES / "factory_fails.py"], "width must be a multiple of 32"),
         ([ROOT / "examples" / "mlp.py", "--base", "64", "--delta", "64"], "delta width must differ"),
         ([FIXTURES / "ignores_width.py", "--base", "0"], "positive integer"),
