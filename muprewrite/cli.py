@@ -14,7 +14,7 @@ from .loading import load_model_file
 from .rules import PARAMETRIZATIONS
 
 EXIT_USER_ERROR = 2
-EXIT_INTERNAL_ERROR = 1
+EXIT_INTERNAL_ERROR = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +46,13 @@ def main(argv=None) -> int:
     if argv[:1] == ["coordcheck"]:  # subcommand: `muprewrite coordcheck MODEL ...` (coordcheck_cli.py)
         from .coordcheck_cli import main as coordcheck_main
         return coordcheck_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    return guarded(run, build_parser().parse_args(argv))
+
+
+def guarded(run_command, args) -> int:
+    """Run a command: bad input is one line and exit 2, our bugs one line and exit 3 (--debug: tracebacks)."""
     try:
-        return run(args)
+        return run_command(args)
     except MuRewriteError as exc:
         if args.debug:
             raise

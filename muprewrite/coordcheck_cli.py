@@ -14,14 +14,12 @@ from pathlib import Path
 from rich.console import Console
 
 from .coordcheck import DEFAULT_LR, DEFAULT_MULTIPLIERS, DEFAULT_SEEDS, DEFAULT_STEPS, DEFAULT_THRESHOLD, OPTIMIZERS, coordcheck
-from .cli import parse_options
+from .cli import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, guarded, parse_options  # noqa: F401 (exit codes re-exported)
 from .errors import MuRewriteError
 from .rules import PARAMETRIZATIONS
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
-EXIT_USER_ERROR = 2
-EXIT_INTERNAL_ERROR = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,21 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from .cli import _error  # the main command's one-line error style
-
-    try:
-        return run(args)
-    except MuRewriteError as exc:
-        if args.debug:
-            raise
-        _error(str(exc))
-        return EXIT_USER_ERROR
-    except Exception as exc:  # a bug of ours: still one line, unless --debug
-        if args.debug:
-            raise
-        _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback and report it)")
-        return EXIT_INTERNAL_ERROR
+    return guarded(run, build_parser().parse_args(argv))
 
 
 def run(args) -> int:
