@@ -242,7 +242,8 @@ def evaluate(model, batches: Batches) -> float:
 def train_run(cfg: Config, side: str, width: int, log2_lr: float, batches: Batches, device, on_step) -> dict:
     """One run. Diverged: a non-finite loss, or a final validation loss above the initial one.
     To save time a run stops early (and counts as diverged) when the training loss is non-finite,
-    or when after 30% of the steps its running mean is still above the initial validation loss."""
+    or when after 30% of the steps (and at least 50) its running mean is still above the initial
+    validation loss."""
     lr = 2.0 ** log2_lr
     start = time.perf_counter()
     model, optimizer = build(cfg, side, width, lr, device)
@@ -267,7 +268,7 @@ def train_run(cfg: Config, side: str, width: int, log2_lr: float, batches: Batch
             curve.append([step, value])
         if not math.isfinite(value):
             stopped, reason = step, "non-finite training loss"
-        elif step >= 0.3 * cfg.steps and ema > init_loss:
+        elif step >= max(50, 0.3 * cfg.steps) and ema > init_loss:
             stopped, reason = step, "training loss above the initial loss after 30% of the steps"
         if stopped is not None:
             on_step(cfg.steps - step - 1)
@@ -472,8 +473,10 @@ def plot(data: dict, path: Path) -> None:
     cfg = Config(**data["config"])
     sides = list(cfg.variants)
     runs, summary = data["runs"], data["summary"]
-    ncols = len(sides)
-    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.4), sharey=True, squeeze=False)
+    nrows = 2 if len(sides) > 2 else 1
+    ncols = math.ceil(len(sides) / nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows + 0.4), sharey=True, squeeze=False)
+    axes = [list(axes.flat)]
     cmap = plt.get_cmap("viridis")
     colors = {w: cmap(i / max(1, len(cfg.widths) - 1) * 0.9) for i, w in enumerate(cfg.widths)}
     finite = [loss_of(r) for r in runs if math.isfinite(loss_of(r))]
@@ -499,8 +502,12 @@ def plot(data: dict, path: Path) -> None:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.set_ylim(lo - 0.03 * (hi - lo), hi + 0.03 * (hi - lo))
-    axes[0][0].set_ylabel("validation loss (nats/byte)")
-    axes[0][-1].legend(fontsize=8, loc="upper right")
+    for k, ax in enumerate(axes[0]):
+        if k % ncols == 0:
+            ax.set_ylabel("validation loss (nats/byte)")
+        if k >= len(sides):
+            ax.set_visible(False)
+    axes[0][len(sides) - 1].legend(fontsize=8, loc="upper right")
     fig.suptitle(f"GPT on stdlib bytes, {cfg.steps} steps, n_layer {cfg.n_layer}; star = optimum, x = diverged",
                  fontsize=10)
     fig.tight_layout()
@@ -606,7 +613,7 @@ def estimate(cfg: Config, batches: Batches, device, n_steps: int = 6) -> dict:
             if i == 2:
                 _sync(device)
                 t = time.perf_counter()
-            x, y = batches.train_batch(i)
+            x, y = batches.train_batch(i % cfg.steps)
             loss = F.cross_entropy(model(x).float().view(-1, VOCAB), y.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
