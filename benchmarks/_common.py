@@ -43,15 +43,25 @@ def contention_probe(n: int = 200) -> float:
     return 1e6 * (time.perf_counter() - start) / n
 
 
+def _loadavg():
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def mark_end(env: dict) -> None:
+    """Record the load average and the contention probe at the end of the run."""
+    env["loadavg_at_end"] = _loadavg()
+    env["contention_probe_us_at_end"] = contention_probe()
+
+
 def environment() -> dict:
     import torch
 
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
+    load = _loadavg()
     root = Path(__file__).resolve().parent.parent
-    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.rstrip()  # noqa: E731
     return {
         "git_head": git("rev-parse", "--short", "HEAD"),
         "git_modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()],

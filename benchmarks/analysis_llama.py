@@ -232,7 +232,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from _common import env_md, environment, md_table, write_results
+    from _common import env_md, environment, mark_end, md_table, write_results
 
     console = Console(width=max(Console().width, 150))
     env = environment()
@@ -263,13 +263,7 @@ def main() -> None:
                 breakdowns[base] = spawn("steps", base, threads)
             with console.status(f"scan_init-only subprocess, base {base}"):
                 scans[base] = spawn("scan_init", base, threads)
-    try:
-        env["loadavg_at_end"] = os.getloadavg()
-    except OSError:
-        pass
-    from _common import contention_probe
-
-    env["contention_probe_us_at_end"] = contention_probe()
+    mark_end(env)
 
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     headers = ["base", "delta", "target", "torch threads", "wall s", "CPU s", "peak RSS MiB", "import baseline MiB", "increment MiB",

@@ -197,7 +197,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from _common import env_md, environment, md_table, write_results
+    from _common import env_md, environment, mark_end, md_table, write_results
 
     console = Console(width=max(Console().width, 150))
     env = environment()
@@ -214,13 +214,7 @@ def main() -> None:
         if attention == "manual" and not args.no_controls:
             with console.status("manual: hand-written controls"):
                 rows += run_manual_controls(args, plan)
-    try:
-        env["loadavg_at_end"] = os.getloadavg()
-    except OSError:
-        pass
-    from _common import contention_probe
-
-    env["contention_probe_us_at_end"] = contention_probe()
+    mark_end(env)
 
     headers = ["variant", "edits (how realised)", "original ms (median)", "rewritten (or control) ms (median)",
                "ratio of medians", "per-pair ratio median [IQR]", "ratio of minima", f"<= {RATIO_TARGET}"]

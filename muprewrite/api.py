@@ -21,7 +21,7 @@ from .passes.emit import param_groups, write_artifacts
 from .passes.init_scan import scan_init
 from .passes.lint import lint
 from .passes.realize import realize
-from .passes.rewrite import code_diff, rewrite_graph
+from .passes.rewrite import graph_diff
 from .passes.roles import classify_uses
 from .passes.verify import verify
 from .plan import Plan
@@ -75,7 +75,7 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
         analysis = analyse(factory, example_inputs, widths, step)
         plan = analysis.plan(parametrization, options, "target")
         step("rewriting the graph")
-        diff = _target_diff(analysis.flow.captures, plan)
+        diff = graph_diff(analysis.flow.captures.programs["target"].graph_module, plan)
         verification = None
         if verify_width:
             step(f"verifying at width {widths.delta}")
@@ -137,10 +137,6 @@ def _check_widths(base: int, delta: int | None, target: int) -> Widths:
     return Widths(base, delta, target)
 
 
-def _target_diff(captures, plan: Plan) -> str:
-    module = captures.programs["target"].module()
-    before = module.code
-    return code_diff(before, rewrite_graph(module, plan).code)
 
 
 class _Steps:

@@ -1,6 +1,7 @@
 """rewrite: apply the plan's use-site edits to a captured graph, as explicit graph nodes.
 
-Reads:  a GraphModule (`ExportedProgram.module()`, captured at the plan's width) and a `Plan`.
+Reads:  a GraphModule captured at the plan's width (`ExportedProgram.module()` to run it, or
+        the exported program's own `graph_module`, parameters as inputs, for the diff) and a `Plan`.
 Writes: the same GraphModule, edited in place and recompiled: a readout multiplier becomes a
         `mul` on the readout's activation input, a q·k scale a `mul` on q, an SDPA scale its
         `scale=` argument. This edited graph is the verification oracle for the
@@ -32,6 +33,14 @@ def rewrite_graph(module: fx.GraphModule, plan: Plan) -> fx.GraphModule:
     module.graph.lint()
     module.recompile()
     return module
+
+
+def graph_diff(exported: fx.GraphModule, plan: Plan) -> str:
+    """The code diff of the exported graph (parameters as inputs) and its edited copy; no
+    unlifting, so it costs two code generations, not two `ExportedProgram.module()` calls."""
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(exported.graph, {}))
+    return code_diff(exported.code, rewrite_graph(fx.GraphModule(exported, graph), plan).code)
 
 
 def code_diff(before: str, after: str) -> str:

@@ -718,8 +718,7 @@ def main(argv=None) -> int:
             progress.console.print(f"{side:>18} w={w:<5} lr=2^{lr:<4} val {loss_txt:>9}  ({run['seconds']:.0f} s)")
             RESULTS.mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps({"config": asdict(cfg), "runs": runs}) + "\n")
-    env["loadavg_at_end"] = os.getloadavg()
-    env["contention_probe_us_at_end"] = _common.contention_probe()
+    _common.mark_end(env)
     out = {
         "ablation": args.ablation, "config": asdict(cfg), "device": str(device), "env": env,
         "data": data["info"], "estimated_seconds_per_step": per_step,
