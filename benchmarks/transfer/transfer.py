@@ -80,6 +80,10 @@ LINGLE_VARIANTS = {
     "mup+sp_attention": {"attention_scale": "sp"},
     "mup+frozen_gains": {"norm_gains": "frozen"},
 }
+# Sides that are the SP model bit for bit at the base width (every multiplier is 1 there), so
+# their base-width runs are shared; frozen gains or zero-init readout change the base model.
+SAME_AT_BASE = {"sp": None, "mup": {}, "mup+coupled_wd": {"weight_decay": "coupled"},
+                "mup+sp_attention": {"attention_scale": "sp"}}
 VARIANT_LABELS = {
     "sp": "SP (original model, plain AdamW)",
     "mup": "muP (muprewrite defaults)",
@@ -92,8 +96,9 @@ CONFIGS = {
     # End-to-end check in about a minute.
     "tiny": dict(widths=[32, 64], base=32, log2_lrs=[-10, -8, -6], steps=20, batch_size=8,
                  block_size=64, n_layer=2, n_head=1, eval_batches=2),
-    # The CPU sweep: 4 widths x 8 LRs x {SP, muP}, ~20 minutes on 2 idle cores.
-    "default": dict(widths=[32, 64, 128, 256], base=32, log2_lrs=list(range(-10, -2)), steps=400,
+    # The CPU sweep: 3 widths x 7 LRs x {SP, muP}, ~28 minutes on 2 idle cores. 1600 steps: at
+    # 400 every width still sits on the same loss plateau and wider is not better (README.md).
+    "default": dict(widths=[32, 64, 128], base=32, log2_lrs=list(range(-9, -2)), steps=1600,
                     batch_size=16, block_size=128, n_layer=2, n_head=1, eval_batches=8),
     # For a GPU: TP5 Fig. 4's regime for clean optima (depth 4, batch 32, seq 256, thousands of
     # steps, widths to 2048) on the whole stdlib (12 MB). n_head 4: d_head 32 at the base width.
@@ -101,8 +106,8 @@ CONFIGS = {
                   steps=3000, batch_size=32, block_size=256, n_layer=4, n_head=4, eval_batches=32,
                   corpus="full"),
 }
-# The Lingle ablation on CPU: 3 widths, 6 LRs around the muP optima of the main sweep, 4 variants.
-LINGLE_CPU = dict(widths=[32, 128, 256], log2_lrs=list(range(-10, -4)))
+# The Lingle ablation on CPU: the default sweep's widths and steps, 6 LRs around its muP optima, 4 variants.
+LINGLE_CPU = dict(log2_lrs=list(range(-8, -2)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +322,21 @@ def fitted_optimum(points: list) -> float | None:
     return min(max(-b / (2 * a), x0), x2)
 
 
+def _at_base_lr(cfg: Config, side: str, runs: list, per_width: dict) -> dict:
+    """muTransfer's question: the LR tuned at the base width, used at every width. Per width:
+    the loss there, and the regret = that loss - the width's own best loss."""
+    tuned = per_width.get(cfg.base, {}).get("best_log2_lr")
+    out = {}
+    for w, v in per_width.items():
+        run = next((r for r in runs if r["side"] == side and r["width"] == w and r["log2_lr"] == tuned), None)
+        if run is None or v["best_val_loss"] is None:
+            continue
+        loss = loss_of(run)
+        out[w] = {"log2_lr": tuned, "val_loss": loss if math.isfinite(loss) else None,
+                  "regret": loss - v["best_val_loss"] if math.isfinite(loss) else None}
+    return out
+
+
 def summarize(cfg: Config, runs: list) -> dict:
     out = {}
     for side in cfg.variants:
@@ -347,6 +367,7 @@ def summarize(cfg: Config, runs: list) -> dict:
                 per_lr[lr] = all(b < a for a, b in zip(ls, ls[1:]))
         out[side] = {
             "per_width": per_width,
+            "at_base_lr": _at_base_lr(cfg, side, runs, per_width),
             "drift_log2": (max(bests) - min(bests)) if len(bests) == len(per_width) and bests else None,
             "drift_fitted_log2": (max(fits) - min(fits)) if len(fits) == len(per_width) and fits else None,
             "optimum_shift_log2": (bests[-1] - bests[0]) if len(bests) == len(per_width) and bests else None,
@@ -354,13 +375,21 @@ def summarize(cfg: Config, runs: list) -> dict:
             "wider_is_better_per_lr": per_lr,
         }
     # At the base width SP and muP (defaults) are the same model with the same optimizer state.
-    same = []
+    # Runs reused from another sweep may have used another thread count: the same model then differs
+    # only in floating-point summation order, which measures the noise of a single run.
+    same, noise = [], {}
     if "sp" in cfg.variants and "mup" in cfg.variants:
         for lr in cfg.log2_lrs:
-            pair = [r for r in runs if r["width"] == cfg.base and r["log2_lr"] == lr and r["side"] in ("sp", "mup")]
+            pair = [r for r in runs if r["width"] == cfg.base and r["log2_lr"] == lr and r["side"] in ("sp", "mup")
+                    and not r.get("same_model_as")]
             if len(pair) == 2 and pair[0]["final_val_loss"] is not None and pair[1]["final_val_loss"] is not None:
-                same.append(abs(pair[0]["final_val_loss"] - pair[1]["final_val_loss"]))
+                diff = abs(pair[0]["final_val_loss"] - pair[1]["final_val_loss"])
+                if bool(pair[0].get("reused_from")) == bool(pair[1].get("reused_from")):
+                    same.append(diff)
+                else:
+                    noise[lr] = diff
     out["base_width_identity_max_abs_diff"] = max(same) if same else None
+    out["base_width_reused_vs_fresh_abs_diff"] = noise
     return out
 
 
@@ -423,9 +452,37 @@ def render_markdown(data: dict, png_name: str) -> str:
         rows.append([f"`{s}`", _num(v["drift_log2"]), _num(v["drift_fitted_log2"]), _num(v["optimum_shift_log2"]),
                      "yes" if v["wider_is_better_at_optimum"] else "**no**", per_lr_txt])
     lines += ["## Transfer summary", "", _common.md_table(headers, rows), ""]
+    headers = ["side", "LR tuned at the base width"] + [f"width {w}: loss (regret)" for w in cfg.widths]
+    rows = []
+    for s in sides:
+        at_base = {int(w): v for w, v in summary[s].get("at_base_lr", {}).items()}
+        if not at_base:
+            continue
+        tuned = next(iter(at_base.values()))["log2_lr"]
+        rows.append([f"`{s}`", fmt_lr(tuned)] + [
+            "—" if w not in at_base else ("diverged" if at_base[w]["val_loss"] is None
+                                          else f"{at_base[w]['val_loss']:.4f} (+{at_base[w]['regret']:.4f})")
+            for w in cfg.widths])
+    if rows:
+        lines += ["The LR tuned at the base width, used as is at every width (what muTransfer does); regret = "
+                  "the loss there minus that width's best loss on the grid.", "", _common.md_table(headers, rows), ""]
     if summary.get("base_width_identity_max_abs_diff") is not None:
-        lines += [f"At the base width {cfg.base} SP and muP are the same model: max |Δ final val loss| over the grid = "
-                  f"{summary['base_width_identity_max_abs_diff']:.3g}.", ""]
+        lines += [f"At the base width {cfg.base} SP and muP are the same model: max |Δ final val loss| over the LRs "
+                  f"where both were trained = {summary['base_width_identity_max_abs_diff']:.3g}.", ""]
+    noise = summary.get("base_width_reused_vs_fresh_abs_diff") or {}
+    if noise:
+        lines += [f"At the base width {cfg.base}, the same model trained in this sweep and in the sweep its runs were "
+                  "reused from (another thread count, so another floating-point summation order) ends at losses "
+                  "differing by " + ", ".join(f"{d:.3f} at {fmt_lr(lr)}" for lr, d in sorted(noise.items()))
+                  + ": the run-to-run noise of a single run; loss differences of this size mean nothing.", ""]
+    shared = {}
+    for r in runs:
+        if r.get("same_model_as"):
+            shared.setdefault((r["side"], r["same_model_as"]), []).append(r["log2_lr"])
+    for (side, partner), lrs in shared.items():
+        lines += [f"At the base width `{side}` is the `{partner}` model bit for bit (every multiplier is 1; "
+                  f"`tests/test_transfer_benchmark.py`): it shares `{partner}`'s runs (log2 LR "
+                  f"{', '.join(map(str, sorted(lrs)))}) instead of repeating them.", ""]
     lines += ["## Validation loss, every run", "",
               "Rows: log2 LR; columns: width. `div` = diverged (non-finite, or above the initial loss); "
               "**bold** = best per width.", ""]
@@ -591,6 +648,24 @@ def make_config(args) -> tuple[Config, str]:
     return Config(**values), name
 
 
+def base_partner(cfg: Config, side: str, width: int) -> str | None:
+    """The side whose run `side` shares at the base width, where both are the same model bit
+    for bit (SAME_AT_BASE, checked by tests/test_transfer_benchmark.py): it is trained once."""
+    if width != cfg.base or side not in SAME_AT_BASE or cfg.variants[side] != SAME_AT_BASE[side]:
+        return None
+    first = next(s for s in cfg.variants if s in SAME_AT_BASE and cfg.variants[s] == SAME_AT_BASE[s])
+    return None if first == side else first
+
+
+def share_base_runs(cfg: Config, runs: list, jobs: list) -> None:
+    """Append, for each job whose base partner has a run, a copy of that run under its own side."""
+    have = {(r["side"], r["width"], r["log2_lr"]): r for r in runs}
+    for side, w, lr in jobs:
+        partner = base_partner(cfg, side, w)
+        if partner and (side, w, lr) not in have and (partner, w, lr) in have:
+            runs.append(dict(have[(partner, w, lr)], side=side, same_model_as=partner, seconds=0.0))
+
+
 def check_variants(cfg: Config) -> None:
     """Fail fast (before any training) if muprewrite does not know a variant's options."""
     factory = make_factory(cfg)
@@ -644,7 +719,7 @@ def main(argv=None) -> int:
         data = json.loads((RESULTS / f"{name}.json").read_text())
         data["summary"] = summarize(Config(**data["config"]), data["runs"])
         for path in write_outputs(data, name):
-            print(path.relative_to(ROOT))
+            print(os.path.relpath(path, ROOT))
         return 0
 
     from rich.console import Console
@@ -685,8 +760,9 @@ def main(argv=None) -> int:
             console.print(f"{'reusing' if args.reuse else 'resuming'}: {len(runs)} runs from {source}")
         else:
             console.print("[yellow]not resuming: the partial results were made with other settings[/]")
+    share_base_runs(cfg, runs, jobs)
     done = {(r["side"], r["width"], r["log2_lr"]) for r in runs}
-    todo = [j for j in jobs if j not in done]
+    todo = [j for j in jobs if j not in done and base_partner(cfg, *j[:2]) is None]
     per_step = estimate(cfg, batches, device)
     est = sum(cfg.steps * per_step[w] for _, w, _ in todo)
     console.print("seconds per step: " + ", ".join(f"{w}: {t:.3f}" for w, t in per_step.items())
@@ -713,6 +789,7 @@ def main(argv=None) -> int:
             run = train_run(cfg, side, w, lr, batches, device, on_step)
             remaining -= cfg.steps * per_step[w]
             runs.append(run)
+            share_base_runs(cfg, runs, jobs)
             progress.advance(overall)
             loss_txt = "diverged" if run["diverged"] else f"{run['final_val_loss']:.4f}"
             progress.console.print(f"{side:>18} w={w:<5} lr=2^{lr:<4} val {loss_txt:>9}  ({run['seconds']:.0f} s)")
@@ -730,7 +807,7 @@ def main(argv=None) -> int:
     partial.unlink(missing_ok=True)
     print_summary(console, cfg, out)
     for path in paths:
-        console.print(str(path.relative_to(ROOT)))
+        console.print(os.path.relpath(path, ROOT))
     return 0
 
 
