@@ -58,6 +58,9 @@ class Edit:
     apply_to: str  # "input" (scale the activation operand `operand`) or "scale_kwarg" (SDPA's scale=)
     operand: object = None  # argument position of the scaled activation (apply_to == "input")
     param: str | None = None  # the weight of a readout or weight multiplier
+    # a readout multiplier that also undoes the model's own width-dependent scalar on the readout's
+    # input (T5's d_model**-0.5): {"node", "base", "now"}, the scalar at base and at this width
+    frozen_constant: dict | None = None
 
     @property
     def factor(self) -> float:

@@ -58,7 +58,7 @@ class Report:
         if plan.edits:
             lines += ["", "## Use-site edits", "", "| edit | module | node | old → new | realized by |", "|---|---|---|---|---|"]
             for e in plan.edits:
-                lines.append(f"| {e.kind} | `{e.module or '(root)'}` | `{e.node}` | {_num(e.old)} → {_num(e.new)} | {e.realized_by} |")
+                lines.append(f"| {_edit_label(e)} | `{e.module or '(root)'}` | `{e.node}` | {_num(e.old)} → {_num(e.new)} | {e.realized_by} |")
         if plan.warnings:
             lines += ["", "## Warnings", "", "| code | message | reference | applies to |", "|---|---|---|---|"]
             for w in plan.warnings:
@@ -98,7 +98,7 @@ class Report:
         for col in ("edit", "module", "node", "old → new", "realized by"):
             table.add_column(col, overflow="fold")
         for e in self.plan.edits:
-            table.add_row(e.kind, e.module or "(root)", e.node, f"{_num(e.old)} → {_num(e.new)}", e.realized_by)
+            table.add_row(_edit_label(e), e.module or "(root)", e.node, f"{_num(e.old)} → {_num(e.new)}", e.realized_by)
         return table
 
     def _warning_table(self) -> Table:
@@ -153,3 +153,11 @@ def _num(x: float) -> str:
 def _subjects(subjects: list) -> str:
     shown = ", ".join(subjects[:4])
     return shown + (f" (+{len(subjects) - 4} more)" if len(subjects) > 4 else "")
+
+
+def _edit_label(edit) -> str:
+    frozen = edit.frozen_constant
+    if not frozen:
+        return edit.kind
+    return (f"{edit.kind} (also holds the model's width-dependent constant `{frozen['node']}` at its base "
+            f"value {_num(frozen['base'])}, not {_num(frozen['now'])})")

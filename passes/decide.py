@@ -11,6 +11,8 @@ Writes: a `Plan` without warnings (the `lint` pass adds them) — per parameter 
 
 from __future__ import annotations
 
+from torch import fx
+
 from ..errors import MuRewriteError
 from ..plan import Edit, ParamPlan, Plan
 from ..rules import attention_factor, rule_for, weight_decay_mult
@@ -27,12 +29,16 @@ DEFAULT_OPTIONS = {
     "zero_init_query": False,  # TP5 §D.2; Lingle: slightly better
     "norm_gains": "trainable",  # "frozen" (requires_grad False) or "removed" (fixed at 1)
     "adam_eps": "constant",  # "scaled": eps / fan_in multiplier (TP5 §B.3)
+    # "freeze": a scalar on a readout's input that changes with width (T5's d_model**-0.5) is
+    # held at its base value, so muP's 1/m is the readout's only width dependence; "keep" keeps it
+    "width_constants": "freeze",
 }
 CHOICES = {
     "weight_decay": ("independent", "coupled"),
     "attention_scale": ("mup", "sp"),
     "norm_gains": ("trainable", "frozen", "removed"),
     "adam_eps": ("constant", "scaled"),
+    "width_constants": ("freeze", "keep"),
 }
 _HOOKABLE_LINEARS = {"torch.nn.modules.linear.Linear", "torch.nn.modules.linear.NonDynamicallyQuantizableLinear"}
 
@@ -129,9 +135,14 @@ def _readout_edits(flow, name, param_uses, parametrization, options, at) -> list
             continue
         factor = rule_for(parametrization, "output", use.fan_in_mult(at), use.fan_out_mult(at),
                           options["alpha_out"]).readout_multiplier
+        operand = _activation_operand(use)
+        frozen = None
+        if parametrization != "sp" and options["width_constants"] == "freeze":
+            frozen = _width_constant_on_input(flow, use.node, operand, at)
+        if frozen:
+            factor *= frozen.pop("correction")
         if factor == 1.0:
             continue
-        operand = _activation_operand(use)
         owners = {n.rpartition(".")[0] for n in [name, *flow.captures.aliases.get(name, [])]}
         hookable = (use.op == "linear" and operand == 0 and flow.module_type(use.node) in _HOOKABLE_LINEARS
                     and use.module in owners)
@@ -139,9 +150,31 @@ def _readout_edits(flow, name, param_uses, parametrization, options, at) -> list
             kind="readout_multiplier", module=use.module, node=use.node, old=1.0, new=factor,
             realized_by="forward_pre_hook" if hookable else "call_interception", family=ops.family(use.op),
             occurrence=_occurrence(flow, use.node, use.module, ops.family(use.op)), apply_to="input",
-            operand=operand, param=name,
+            operand=operand, param=name, frozen_constant=frozen,
         ))
     return edits
+
+
+def _width_constant_on_input(flow, node: str, operand, at: str) -> dict | None:
+    """A mul/div by a float that differs between base and `at`, reached from the activation
+    operand of `node` through view-like ops, with the factor that restores its base value."""
+    if not isinstance(operand, int):
+        return None
+    arg = flow.fx(node, at).args[operand]
+    while isinstance(arg, fx.Node):
+        name = ops.op_name(arg)
+        if name in ops.SCALAR_ARITH_OPS:
+            now, base = arg.args[1] if len(arg.args) > 1 else None, None
+            if isinstance(now, float):
+                base = flow.fx(arg.name, "base").args[1]
+            if base is None or base == now:
+                return None
+            correction = base / now if name == "mul" else now / base
+            return {"node": arg.name, "base": base, "now": now, "correction": correction}
+        if name not in ops.VIEW_OPS or not arg.args:
+            return None
+        arg = arg.args[0]
+    return None
 
 
 def _weight_multiplier_edits(flow, name, param_uses, multiplier, parametrization) -> list:

@@ -86,16 +86,20 @@ def _query_slices(flow, uses, sites, init, plan):
 def _width_dependent_constants(flow, uses, sites, init, plan):
     """A constant multiplier that changes with width outside attention (T5's tied-readout d**-0.5)."""
     attention = {s.node for s in sites}
+    frozen = {e.frozen_constant["node"] for e in plan.edits if e.frozen_constant}
     nodes = []
     for name in flow.graph.nodes:
+        if name in frozen:
+            continue
         base, delta = flow.fx(name, "base"), flow.fx(name, "delta")
         if ops.op_name(base) in ops.SCALAR_ARITH_OPS and len(base.args) > 1 and isinstance(base.args[1], float):
             if base.args[1] != delta.args[1] and not _feeds_attention(base, attention):
                 nodes.append(name)
     if nodes:
         yield PlanWarning("width-dependent-constant", "the model multiplies by a constant that depends on "
-                          "width (e.g. d_model**-0.5); muP's multipliers are applied on top of it, so the "
-                          "model's own width dependence is kept — make it a constant if that is not intended",
+                          "width (e.g. d_model**-0.5) where muprewrite cannot hold it at its base value (not on a "
+                          "readout's input, or width_constants='keep'); muP's multipliers are applied on top of it — "
+                          "make it a constant if that is not intended",
                           "TP5 §B.1 (multipliers)", nodes)
 
 

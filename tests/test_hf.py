@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 import muprewrite  # noqa: E402
 import muprewrite.hf as hf  # noqa: E402
 from muprewrite.cli import EXIT_USER_ERROR, main  # noqa: E402
+from muprewrite.report import Report  # noqa: E402
 
 NAMES = ["gpt2", "llama", "bert", "t5", "vit"]
 CAUSAL = ["gpt2", "llama"]
@@ -124,7 +125,10 @@ def test_readout_is_an_output_use_with_a_multiplier(name):
     assert [u["role"] for u in readout_uses] == ["output"]
     assert readout_uses[0]["fan_in_mult"] == M
     edits = [e for e in plan.edits if e.kind == "readout_multiplier" and e.module == readout]
-    assert len(edits) == 1 and edits[0].new == pytest.approx(1 / M)
+    # T5 scales the tied readout's input by d_model**-0.5 itself: held at its base value, x sqrt(m)
+    expected = 1 / M * (math.sqrt(M) if name == "t5" else 1)
+    assert len(edits) == 1 and edits[0].new == pytest.approx(expected)
+    assert (edits[0].frozen_constant is not None) == (name == "t5")
     assert [e.module for e in plan.edits if e.kind == "readout_multiplier"] == [readout]
     if name in TIED:
         # one tensor, two names: the plan keys it by the embedding and lists the readout as an alias
@@ -207,9 +211,27 @@ def test_t5_relative_position_bias_returns_to_its_base_std():
             assert p.init_ratio == pytest.approx(2.0), (name, p.init_ratio)
 
 
+def test_t5_width_constant_is_frozen_unless_kept():
+    """T5's tied readout input x d_model**-0.5: by default muprewrite holds it at its base value
+    (the readout's only width dependence is then muP's 1/m); width_constants='keep' keeps it and warns."""
+    inputs = hf.example_inputs("t5")
+    plans = {option: muprewrite.mupify(hf.factory("t5"), base=BASE, target=TARGET, example_inputs=inputs,
+                                       options={"width_constants": option}, materialize=False).plan
+             for option in ("freeze", "keep")}
+    readout = {k: next(e for e in p.edits if e.kind == "readout_multiplier") for k, p in plans.items()}
+    frozen = readout["freeze"].frozen_constant
+    assert frozen["base"] == pytest.approx(BASE ** -0.5) and frozen["now"] == pytest.approx(TARGET ** -0.5)
+    assert readout["freeze"].new == pytest.approx(readout["keep"].new * math.sqrt(M))
+    assert readout["keep"].frozen_constant is None
+    codes = {k: [w.code for w in p.warnings] for k, p in plans.items()}
+    assert "width-dependent-constant" in codes["keep"] and "width-dependent-constant" not in codes["freeze"]
+    assert "also holds the model's width-dependent constant" in Report(plans["freeze"]).to_markdown()
+
+
 def test_t5_matches_hand_edit_and_leaves_the_position_bias_alone():
     """Hand edit: the same weights, each attention's q weight x sqrt(d_kv_base / d_kv) instead of the
-    SDPA scale, and lm_head's input x 1/m. Scaling q scales q.k only, never the additive bias."""
+    SDPA scale, and lm_head's input x 1/m x sqrt(m) (muP's readout multiplier, and T5's own
+    d_model**-0.5 held at its base value). Scaling q scales q.k only, never the additive bias."""
     result = mupified("t5")
     rewritten = fresh_copy("t5").eval()
     hand = sp_twin("t5", rewritten).eval()
@@ -217,7 +239,7 @@ def test_t5_matches_hand_edit_and_leaves_the_position_bias_alone():
     with torch.no_grad():
         for module in attention_modules(hand).values():
             module.q.weight.mul_(factor)
-    hand.lm_head.register_forward_pre_hook(scale_input(1 / M))
+    hand.lm_head.register_forward_pre_hook(scale_input(1 / M * math.sqrt(TARGET / BASE)))
     torch.testing.assert_close(logits(rewritten, "t5"), logits(hand, "t5"), rtol=1e-5, atol=1e-6)
     assert len([e for e in result.plan.edits if e.kind == "attention_scale"]) == 6
 
