@@ -106,8 +106,13 @@ def step_times(args, compiled: bool) -> dict:
         for name in order:
             times[name].append(step(models[name]))
     medians = {k: statistics.median(v) for k, v in times.items()}
+    fastest = {k: min(v) for k, v in times.items()}
+    pairs = sorted(b / a for a, b in zip(times["original"], times["rewritten"]))
     return {"mode": "compiled" if compiled else "eager", "median_s": medians,
-            "ratio": medians["rewritten"] / medians["original"], "times": times}
+            "ratio": medians["rewritten"] / medians["original"],
+            # less sensitive to a busy machine than the medians: the fastest step of each model
+            "ratio_of_minima": fastest["rewritten"] / fastest["original"],
+            "pair_ratio_iqr": [pairs[len(pairs) // 4], pairs[3 * len(pairs) // 4]], "times": times}
 
 
 def main() -> None:
@@ -115,7 +120,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=["analysis", "baseline"])
     parser.add_argument("--base", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3, help="analysis subprocesses; the median is reported")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq", type=int, default=128)
@@ -146,10 +151,15 @@ def main() -> None:
                "model code, paid by any use of the model)."), "",
           (f"## GPT-2 small (768 x 12 layers), forward + backward, batch {args.batch} x seq {args.seq}, "
            f"{args.steps} interleaved steps per model after {args.warmup} warm-up steps"), "",
-          md_table(["mode", "original s (median)", "rewritten s (median)", "ratio", "target", "verdict"],
+          md_table(["mode", "original s (median)", "rewritten s (median)", "ratio", "target", "verdict",
+                    "ratio of fastest steps", "step-pair ratio IQR"],
                    [[s["mode"], f"{s['median_s']['original']:.3f}", f"{s['median_s']['rewritten']:.3f}",
                      f"{s['ratio']:.3f}", f"<= {targets[s['mode']]}",
-                     "PASS" if s["ratio"] <= targets[s["mode"]] else "FAIL"] for s in steps]),
+                     "PASS" if s["ratio"] <= targets[s["mode"]] else "FAIL", f"{s['ratio_of_minima']:.3f}",
+                     f"{s['pair_ratio_iqr'][0]:.2f}–{s['pair_ratio_iqr'][1]:.2f}"] for s in steps]),
+          "", ("The verdict uses the ratio of medians. Eager steps on this shared 2-core machine vary by up to "
+               "1.7x from step to step (see the IQR of rewritten/original over interleaved pairs), so "
+               "repeated runs move the eager ratio by a few percent (seen: 0.999, 1.012, 1.038)."),
           "", "## Environment", "", env_md(env)]
     write_results("hf_perf", "\n".join(md), {"env": env, "analysis": analysis, "baseline": baseline, "steps": steps})
     print("\n".join(md))
