@@ -90,6 +90,7 @@ def worker_steps(args) -> dict:
     from muprewrite.passes.decide import decide
     from muprewrite.passes.dims import analyse_dims
     from muprewrite.passes.init_scan import scan_init
+    from muprewrite.passes.rewrite import graph_diff
     from muprewrite.passes.roles import classify_uses
     from muprewrite.report import Report
 
@@ -127,7 +128,7 @@ def worker_steps(args) -> dict:
     plan = decide(flow, uses, sites, init, "mup", None, "target")
     record("decide", t)
     t = time.perf_counter()
-    diff = api._target_diff(captures, plan)
+    diff = graph_diff(captures.programs["target"].graph_module, plan)
     record("rewrite (graph edit + code diff)", t)
     t = time.perf_counter()
     Report(plan, diff, None)
