@@ -137,8 +137,6 @@ def _check_widths(base: int, delta: int | None, target: int) -> Widths:
     return Widths(base, delta, target)
 
 
-
-
 class _Steps:
     """A transient rich progress display of the pipeline's steps (on stderr), or nothing."""
 

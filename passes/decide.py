@@ -5,8 +5,10 @@ Reads:  `Dataflow`, the uses from `roles`, the sites from `attention`, the `Init
 Writes: a `Plan` without warnings (the `lint` pass adds them) — per parameter its shapes,
         role, init std before -> after, LR, weight-decay and eps multipliers, trainability and
         zero-init slices; per use site that changes, an `Edit` (readout multiplier, weight
-        multiplier, attention scale) with the means that will realize it. An edit exists only
-        where it changes something, so at base width the plan edits nothing.
+        multiplier, attention scale) with the means that will realize it; a readout multiplier
+        also holds a width-dependent scalar the model puts on the readout's input at its base
+        value (option `width_constants`). An edit exists only where it changes something, so at
+        base width the plan edits nothing.
 """
 
 from __future__ import annotations
@@ -164,9 +166,8 @@ def _width_constant_on_input(flow, node: str, operand, at: str) -> dict | None:
     while isinstance(arg, fx.Node):
         name = ops.op_name(arg)
         if name in ops.SCALAR_ARITH_OPS:
-            now, base = arg.args[1] if len(arg.args) > 1 else None, None
-            if isinstance(now, float):
-                base = flow.fx(arg.name, "base").args[1]
+            now = arg.args[1] if len(arg.args) > 1 else None
+            base = flow.fx(arg.name, "base").args[1] if isinstance(now, float) else None
             if base is None or base == now:
                 return None
             correction = base / now if name == "mul" else now / base
