@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import shlex
+import gc
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,43 @@ def contention_probe(n: int = 200) -> float:
     for _ in range(n):
         x.std()
     return 1e6 * (time.perf_counter() - start) / n
+
+
+def quantile(xs, q):
+    xs = sorted(xs)
+    pos = (len(xs) - 1) * q
+    lo, hi = int(pos), min(int(pos) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def interleaved_times(original, rewritten, steps: int) -> tuple[list, list]:
+    """Seconds of `steps` calls of each (a callable timing one step), interleaved ABBA so drifts
+    in machine speed hit both alike, with Python's garbage collector off while timing."""
+    orig, rew = [], []
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(steps):
+            if i % 2 == 0:
+                orig.append(original()), rew.append(rewritten())
+            else:
+                rew.append(rewritten()), orig.append(original())
+    finally:
+        gc.enable()
+    return orig, rew
+
+
+def paired_ratios(original: list, rewritten: list) -> dict:
+    """Statistics of interleaved step times, rewritten / original: the ratio of medians (the
+    verdict), the ratio of the fastest steps and the per-pair ratios' median and IQR (both less
+    sensitive to a busy machine)."""
+    ratios = [b / a for a, b in zip(original, rewritten)]
+    return {
+        "ratio_of_medians": statistics.median(rewritten) / statistics.median(original),
+        "ratio_of_mins": min(rewritten) / min(original),
+        "pair_ratio_median": statistics.median(ratios),
+        "pair_ratio_p25": quantile(ratios, 0.25), "pair_ratio_p75": quantile(ratios, 0.75),
+    }
 
 
 def _loadavg():

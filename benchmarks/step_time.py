@@ -20,7 +20,6 @@ Target: ratio <= 1.03. Results: benchmarks/results/step_time.{md,json} (with a n
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
 import statistics
@@ -37,6 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import muprewrite  # noqa: E402
+from _common import interleaved_times, paired_ratios  # noqa: E402
 from nanogpt import GPT, GPTConfig  # noqa: E402
 
 RATIO_TARGET = 1.03
@@ -60,13 +60,6 @@ def step(model, idx, targets) -> float:
     return time.perf_counter() - start
 
 
-def quantile(xs, q):
-    xs = sorted(xs)
-    pos = (len(xs) - 1) * q
-    lo, hi = int(pos), min(int(pos) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def _interceptors(model):
     from muprewrite.passes.realize import InterceptCalls
 
@@ -84,29 +77,14 @@ def time_pair(args, original, candidate, idx, targets) -> dict:
     original.train(), candidate.train()
     for _ in range(args.warmup):
         step(original, idx, targets), step(candidate, idx, targets)
-    orig, cand, ratios = [], [], []
-    gc.collect()
-    gc.disable()
-    try:
-        for i in range(args.steps):
-            if i % 2 == 0:
-                a = step(original, idx, targets)
-                b = step(candidate, idx, targets)
-            else:
-                b = step(candidate, idx, targets)
-                a = step(original, idx, targets)
-            orig.append(a), cand.append(b), ratios.append(b / a)
-    finally:
-        gc.enable()
-    med_o, med_c = statistics.median(orig), statistics.median(cand)
+    orig, cand = interleaved_times(lambda: step(original, idx, targets), lambda: step(candidate, idx, targets),
+                                   args.steps)
+    stats = paired_ratios(orig, cand)
     return {
-        "original_median_ms": 1e3 * med_o, "rewritten_median_ms": 1e3 * med_c,
-        "ratio_of_medians": med_c / med_o,
-        "ratio_of_mins": min(cand) / min(orig),
-        "pair_ratio_median": statistics.median(ratios),
-        "pair_ratio_p25": quantile(ratios, 0.25), "pair_ratio_p75": quantile(ratios, 0.75),
+        "original_median_ms": 1e3 * statistics.median(orig), "rewritten_median_ms": 1e3 * statistics.median(cand),
+        **stats,
         "original_ms": [1e3 * x for x in orig], "rewritten_ms": [1e3 * x for x in cand],
-        "pass": med_c / med_o <= RATIO_TARGET,
+        "pass": stats["ratio_of_medians"] <= RATIO_TARGET,
     }
 
 

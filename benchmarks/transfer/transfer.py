@@ -82,8 +82,8 @@ LINGLE_VARIANTS = {
 }
 # Sides that are the SP model bit for bit at the base width (every multiplier is 1 there), so
 # their base-width runs are shared; frozen gains or zero-init readout change the base model.
-SAME_AT_BASE = {"sp": None, "mup": {}, "mup+coupled_wd": {"weight_decay": "coupled"},
-                "mup+sp_attention": {"attention_scale": "sp"}}
+SAME_AT_BASE = {side: {**MAIN_VARIANTS, **LINGLE_VARIANTS}[side]
+                for side in ("sp", "mup", "mup+coupled_wd", "mup+sp_attention")}
 VARIANT_LABELS = {
     "sp": "SP (original model, plain AdamW)",
     "mup": "muP (muprewrite defaults)",
@@ -698,15 +698,6 @@ def estimate(cfg: Config, batches: Batches, device, n_steps: int = 6) -> dict:
     return out
 
 
-def git_modified() -> list:
-    """Tracked files modified in the working tree (porcelain v1: 'XY path')."""
-    import subprocess
-
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                         capture_output=True, text=True).stdout
-    return [line[3:] for line in out.splitlines() if line.strip()]
-
-
 def _sync(device):
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -737,7 +728,6 @@ def main(argv=None) -> int:
     check_variants(cfg)
     env = _common.environment()
     env["muprewrite"] = str(Path(muprewrite.__file__).resolve().parent)
-    env["git_modified"] = git_modified()
     jobs = [(s, w, lr) for w in cfg.widths for s in cfg.variants for lr in cfg.log2_lrs]
     console.print(f"[bold]{name}[/]: {len(jobs)} runs ({len(cfg.widths)} widths x {len(cfg.log2_lrs)} LRs x "
                   f"{len(cfg.variants)} sides), {cfg.steps} steps each, device {device}; data "
