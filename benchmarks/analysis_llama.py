@@ -128,7 +128,7 @@ def worker_steps(args) -> dict:
     plan = decide(flow, uses, sites, init, "mup", None, "target")
     record("decide", t)
     t = time.perf_counter()
-    diff = graph_diff(captures.programs["target"].graph_module, plan)
+    diff = graph_diff(flow.modules["target"], plan)
     record("rewrite (graph edit + code diff)", t)
     t = time.perf_counter()
     Report(plan, diff, None)

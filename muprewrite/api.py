@@ -75,7 +75,7 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
         analysis = analyse(factory, example_inputs, widths, step)
         plan = analysis.plan(parametrization, options, "target")
         step("rewriting the graph")
-        diff = graph_diff(analysis.flow.captures.programs["target"].graph_module, plan)
+        diff = graph_diff(analysis.flow.modules["target"], plan)
         verification = None
         if verify_width:
             step(f"verifying at width {widths.delta}")

@@ -54,9 +54,11 @@ class Edit:
     new: float
     realized_by: str  # "forward_pre_hook" | "call_interception"
     family: str  # "linear" | "matmul" | "sdpa" | "embedding" | "norm" | "conv": the op's kind of call
-    occurrence: int  # index of this call among `family` calls while `module` runs
+    occurrence: int  # index of this op among the `family` calls made during one call of `module`
     apply_to: str  # "input" (scale the activation operand `operand`) or "scale_kwarg" (SDPA's scale=)
-    operand: object = None  # argument position of the scaled activation (apply_to == "input")
+    operand: str | None = None  # the op's argument slot of the scaled activation (apply_to == "input"; see ops)
+    call: int = 0  # which call of `module` in one forward runs the op (a module may run several times)
+    calls: int = 1  # how many times `module` runs in one forward
     param: str | None = None  # the weight of a readout or weight multiplier
     # a readout multiplier that also undoes the model's own width-dependent scalar on the readout's
     # input (T5's d_model**-0.5): {"node", "base", "now"}, the scalar at base and at this width
@@ -92,11 +94,7 @@ class Plan:
         return next((p for p in self.parameters.values() if name in p.aliases), None)
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        for edit in data["edits"]:
-            if isinstance(edit["operand"], tuple):
-                edit["operand"] = list(edit["operand"])
-        return data
+        return asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -111,7 +109,7 @@ class Plan:
                 **{k: data[k] for k in ("parametrization", "base_width", "delta_width", "target_width")},
                 options=data.get("options", {}),
                 parameters={k: ParamPlan(**v) for k, v in data["parameters"].items()},
-                edits=[Edit(**_operand_as_tuple(e)) for e in data["edits"]],
+                edits=[Edit(**e) for e in data["edits"]],
                 warnings=[PlanWarning(**w) for w in data["warnings"]],
             )
         except (KeyError, TypeError) as exc:
@@ -127,9 +125,3 @@ class Plan:
         except json.JSONDecodeError as exc:
             raise MuRewriteError(f"{path} is not valid JSON ({exc}); pass a plan.json written by muprewrite") from exc
         return cls.from_dict(data)
-
-
-def _operand_as_tuple(edit: dict) -> dict:
-    if isinstance(edit.get("operand"), list):
-        edit = {**edit, "operand": tuple(edit["operand"])}
-    return edit

@@ -18,18 +18,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import networkx as nx
 from torch import fx
 
 from ..widths import WIDTH_NAMES
 from . import ops
 from .dims import Dataflow
 
-# Ops between the q·k contraction and the softmax that do not change what the logits mean.
-_LOGIT_PATH_OPS = {
-    "add", "sub", "mul", "div", "masked_fill", "where", "dropout", "_to_copy", "to", "view",
-    "reshape", "_unsafe_view", "expand", "clone", "contiguous", "float", "type_as", "clamp",
-    "maximum", "minimum",
-}
+# Ops on a logit path that keep the logits a linear function of q·k (their constant factors are
+# the model's scale); past any other op (tanh soft-capping, clamps) the scale is not read on.
+_AFFINE = {"add", "sub", "mul", "div", "masked_fill", "where", "dropout", "native_dropout", "_to_copy", "to",
+           "type_as", "float"}
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,9 @@ class AttentionSite:
     module: str
     d_head: dict  # width name -> contracted size of q
     old_scale: dict  # width name -> the scale the model applies today
-    q_operand: object = None  # argument position of q at a q·k contraction
+    q_operand: object = None  # slot of q at a q·k contraction (see ops)
     query_slices: dict | None = None  # width -> {parameter: {"dim", "start", "stop"}} of the q projection
+    softmax: str | None = None  # the softmax the logits reach (q·k contractions)
 
     @property
     def head_dim_grows(self) -> bool:
@@ -48,101 +48,150 @@ class AttentionSite:
 
 
 def find_attention(flow: Dataflow) -> list:
+    """Every SDPA call, and every parameter-free contraction whose result reaches a softmax."""
     sites, seen = [], set()
     for name in flow.graph.nodes:
-        op = ops.op_name(flow.fx(name))
-        if op in ops.SDPA_OPS:
+        kind = ops.kind(flow.fx(name))
+        if kind == ops.SDPA:
             sites.append(_sdpa_site(flow, name))
-        elif op in ops.SOFTMAX_OPS:
-            for contraction, scalars in _qk_contractions(flow, flow.fx(name)):
-                if contraction.name not in seen and not _has_parameter_operand(flow, contraction):
-                    seen.add(contraction.name)
-                    sites.append(_matmul_site(flow, contraction.name, scalars))
+        elif kind == ops.SOFTMAX:
+            for contraction, path in _qk_contractions(flow, name):
+                if contraction not in seen:
+                    seen.add(contraction)
+                    sites.append(_matmul_site(flow, contraction, path))
     return sites
 
 
+def hidden_logit_paths(flow: Dataflow) -> list:
+    """(softmax, op, contraction) where a q·k contraction with a growing contracted dim reaches
+    a softmax only through an op the registry does not know to be pointwise or a view: the
+    compiler cannot tell what that op does to the logit scale."""
+    found = []
+    for name in flow.graph.nodes:
+        if ops.kind(flow.fx(name)) != ops.SOFTMAX:
+            continue
+        direct = {c for c, _ in _qk_contractions(flow, name)}
+        for contraction, blocker in _contractions_past_unknown_ops(flow, name):
+            if contraction not in direct and _grows(flow, contraction):
+                found.append((name, blocker, contraction))
+    return found
+
+
+def _transparent(flow: Dataflow, name: str) -> bool:
+    return ops.kind(flow.fx(name)) in (ops.VIEW, "pointwise")
+
+
+def _logit_region(flow: Dataflow, softmax: str) -> set:
+    """The softmax's input and the nodes it is computed from through pointwise ops and views."""
+    start = ops.node_slots(flow.fx(softmax)).get("input")
+    if not isinstance(start, fx.Node):
+        return set()
+    transparent = nx.subgraph_view(flow.graph, filter_node=lambda n: n == start.name or _transparent(flow, n))
+    return nx.ancestors(transparent, start.name) | {start.name} if _transparent(flow, start.name) else {start.name}
+
+
+def _qk_contractions(flow: Dataflow, softmax: str):
+    """Yield (q·k contraction, path of node names from it to the softmax)."""
+    region = _logit_region(flow, softmax)
+    candidates = [n for n in region if _is_qk(flow, n)]
+    candidates += sorted({p for n in region for p in flow.graph.predecessors(n)
+                          if p not in region and _is_qk(flow, p)})
+    for contraction in sorted(set(candidates), key=_graph_order(flow)):
+        on_path = nx.subgraph_view(flow.graph, filter_node=lambda n: n in region or n in (contraction, softmax))
+        yield contraction, nx.shortest_path(on_path, contraction, softmax)
+
+
+def _contractions_past_unknown_ops(flow: Dataflow, softmax: str):
+    """Yield (contraction, unknown op) for parameter-free contractions behind an unknown op."""
+    region = _logit_region(flow, softmax)
+    blockers = {p for n in region for p in flow.graph.predecessors(n)
+                if p not in region and ops.kind(flow.fx(p)) is None}
+    for blocker in sorted(blockers, key=_graph_order(flow)):
+        frontier, seen = [blocker], set()
+        while frontier:
+            node = frontier.pop()
+            for pred in flow.graph.predecessors(node):
+                if pred in seen:
+                    continue
+                seen.add(pred)
+                if ops.kind(flow.fx(pred)) == ops.CONTRACTION:
+                    if _is_qk(flow, pred):
+                        yield pred, blocker
+                elif ops.kind(flow.fx(pred)) not in (ops.NORM, ops.LOOKUP):
+                    frontier.append(pred)
+
+
+def _is_qk(flow: Dataflow, name: str) -> bool:
+    node = flow.fx(name)
+    spec = ops.spec(node)
+    return spec is not None and spec.kind == ops.CONTRACTION and spec.query is not None \
+        and not _has_parameter_operand(flow, node)
+
+
+def _grows(flow: Dataflow, name: str) -> bool:
+    d_head = _d_head(flow, name)
+    return d_head["base"] != d_head["delta"]
+
+
+def _graph_order(flow: Dataflow):
+    index = {name: i for i, name in enumerate(flow.graph.nodes)}
+    return lambda name: index[name]
+
+
 def _sdpa_site(flow: Dataflow, name: str) -> AttentionSite:
-    d_head = {w: flow.fx(name, w).args[0].meta["val"].shape[-1] for w in WIDTH_NAMES}
+    d_head = {w: ops.node_slots(flow.fx(name, w))["query"].meta["val"].shape[-1] for w in WIDTH_NAMES}
     old = {}
     for w in WIDTH_NAMES:
-        explicit = flow.fx(name, w).kwargs.get("scale")
+        explicit = ops.node_slots(flow.fx(name, w)).get("scale")
         old[w] = float(explicit) if explicit is not None else 1.0 / math.sqrt(d_head[w])
-    return AttentionSite(name, "sdpa", flow.module(name), d_head, old, None, _query_slices(flow, name, 0))
-
-
-def _qk_contractions(flow: Dataflow, softmax: fx.Node):
-    """Yield (contraction node, [(path node name, kind)]) reaching the softmax's input."""
-    frontier = [(softmax.args[0], [])]
-    visited = set()
-    while frontier:
-        node, scalars = frontier.pop()
-        if not isinstance(node, fx.Node) or node.name in visited:
-            continue
-        visited.add(node.name)
-        name = ops.op_name(node)
-        if name in ops.MATMUL_FAMILY:
-            yield node, scalars
-        elif name in _LOGIT_PATH_OPS:
-            if name in ("mul", "div") and not isinstance(node.args[1], fx.Node):
-                scalars = scalars + [node.name]
-            frontier += [(arg, scalars) for arg in node.all_input_nodes]
+    return AttentionSite(name, "sdpa", flow.module(name), d_head, old, None, _query_slices(flow, name, "query"))
 
 
 def _has_parameter_operand(flow: Dataflow, contraction: fx.Node) -> bool:
     """A contraction with a weight is a projection, not q·k (e.g. a classifier before softmax)."""
-    for arg in contraction.all_input_nodes:
-        upstream = {arg.name} | _view_ancestors(arg)
-        if any(flow.graph.nodes[n]["param"] for n in upstream):
-            return True
-    return False
+    return any(_param_behind(flow, arg) for arg in contraction.all_input_nodes)
 
 
-def _view_ancestors(node: fx.Node) -> set:
-    names = set()
-    while ops.op_name(node) in ops.VIEW_OPS or ops.op_name(node) == "getitem":
-        node = node.args[0]
-        names.add(node.name)
-    return names
-
-
-def _matmul_site(flow: Dataflow, name: str, scalar_nodes: list) -> AttentionSite:
-    d_head, old = {}, {}
-    position = _q_position(flow.fx(name))
+def _d_head(flow: Dataflow, name: str) -> dict:
+    slot = ops.spec(flow.fx(name)).query
+    d_head = {}
     for w in WIDTH_NAMES:
         node = flow.fx(name, w)
-        q = node.args[1][0] if position == ("einsum", 0) else node.args[position]
-        q_shape = tuple(q.meta["val"].shape)
-        dims = ops.contracted_dims(node, position, len(q_shape)) or ()
+        q_shape = tuple(ops.node_slots(node)[slot].meta["val"].shape)
+        dims = ops.contracted_dims(node, slot, len(q_shape)) or ()
         d_head[w] = math.prod(q_shape[d] for d in dims)
-        old[w] = _path_scale(flow, node, scalar_nodes, w)
-    return AttentionSite(name, "matmul", flow.module(name), d_head, old, position,
-                         _query_slices(flow, name, position))
+    return d_head
 
 
-def _q_position(node: fx.Node):
-    """q is the first matrix operand (after the bias of baddbmm/addmm)."""
-    name = ops.op_name(node)
-    if name == "einsum":
-        return ("einsum", 0)
-    return 1 if name in ("baddbmm", "addmm") else 0
+def _matmul_site(flow: Dataflow, name: str, path: list) -> AttentionSite:
+    slot = ops.spec(flow.fx(name)).query
+    old = {w: _path_scale(flow, path, w) for w in WIDTH_NAMES}
+    return AttentionSite(name, "matmul", flow.module(name), _d_head(flow, name), old, slot,
+                         _query_slices(flow, name, slot), softmax=path[-1])
 
 
-def _path_scale(flow: Dataflow, contraction: fx.Node, scalar_nodes: list, width: str) -> float:
-    scale = float(contraction.kwargs.get("alpha", 1.0))
-    for name in scalar_nodes:
+def _path_scale(flow: Dataflow, path: list, width: str) -> float:
+    """The contraction's own scale times the constant factors on the path, up to the first
+    op that is not affine in the logits."""
+    contraction = flow.fx(path[0], width)
+    scale_slot = ops.spec(contraction).scale
+    scale = float(ops.node_slots(contraction).get(scale_slot, 1.0) or 1.0) if scale_slot else 1.0
+    for name in path[1:-1]:
         node = flow.fx(name, width)
-        value = float(node.args[1])
-        scale *= value if ops.op_name(node) == "mul" else 1.0 / value
+        op = ops.op_name(node)
+        if ops.kind(node) != ops.VIEW and op not in _AFFINE:
+            break
+        other = ops.node_slots(node).get("other")
+        if op in ops.SCALAR_ARITH and isinstance(other, (int, float)):
+            scale *= other if op == "mul" else 1.0 / other
     return scale
 
 
-def _query_slices(flow: Dataflow, name: str, position):
+def _query_slices(flow: Dataflow, name: str, slot: str):
     """Per width, the rows of the projection weight (and bias) that produce q; None if not found."""
     slices = {}
     for w in WIDTH_NAMES:
-        node = flow.fx(name, w)
-        q = node.args[1][0] if position == ("einsum", 0) else node.args[position]
-        found = _trace_query(flow, q)
+        found = _trace_query(flow, ops.node_slots(flow.fx(name, w))[slot])
         if found is None:
             return None
         slices[w] = found
@@ -164,7 +213,8 @@ def _trace_query(flow: Dataflow, node: fx.Node):
         elif name == "unflatten" and selected is not None and len(node.args[2]) == 2:
             size = node.args[2][1]
             piece, node = (selected * size, (selected + 1) * size), node.args[0]
-        elif name in ops.VIEW_OPS:
+        elif ops.kind(node) == ops.VIEW and name not in ops.SCALAR_ARITH and node.args \
+                and isinstance(node.args[0], fx.Node):
             node = node.args[0]
         else:
             return _projection_slices(flow, node, piece)
@@ -184,19 +234,26 @@ def _split_piece(split: fx.Node, index: int):
 
 
 def _projection_slices(flow: Dataflow, node: fx.Node, piece):
-    """{weight: slice, bias: slice} for a linear / addmm / matmul projection with a weight operand."""
-    layouts = {"linear": ((1, 0), (2, 0)), "addmm": ((2, 1), (0, 0)), "matmul": ((1, 1), (None, 0)),
-               "mm": ((1, 1), (None, 0))}
-    (weight_pos, weight_dim), (bias_pos, bias_dim) = layouts.get(ops.op_name(node), ((None, 0), (None, 0)))
-    weight = _param_behind(flow, node.args[weight_pos]) if weight_pos is not None else None
-    if weight is None:
+    """{weight: slice, bias: slice} for a projection whose weight is a 2-D parameter: the weight's
+    output-feature dim is the one it does not contract."""
+    spec = ops.spec(node)
+    if spec is None or spec.kind != ops.CONTRACTION:
         return None
-    start, stop = piece if piece is not None else (0, None)
-    slices = {weight: {"dim": weight_dim, "start": start, "stop": stop}}
-    bias = _param_behind(flow, node.args[bias_pos]) if bias_pos is not None and len(node.args) > bias_pos else None
-    if bias is not None:
-        slices[bias] = {"dim": bias_dim, "start": start, "stop": stop}
-    return slices
+    slots = ops.node_slots(node)
+    for weight_slot in spec.contracts:
+        weight = _param_behind(flow, slots.get(weight_slot))
+        shape = flow.shape(flow.parameters()[weight]) if weight else None
+        if weight is None or shape is None or len(shape.base) != 2:
+            continue
+        contracted = ops.contracted_dims(node, weight_slot, 2) or ()
+        start, stop = piece if piece is not None else (0, None)
+        slices = {weight: {"dim": 1 - contracted[0], "start": start, "stop": stop}}
+        for bias_slot in spec.bias:
+            bias = _param_behind(flow, slots.get(bias_slot))
+            if bias is not None:
+                slices[bias] = {"dim": 0, "start": start, "stop": stop}
+        return slices
+    return None
 
 
 def _param_behind(flow: Dataflow, node) -> str | None:
@@ -204,7 +261,7 @@ def _param_behind(flow: Dataflow, node) -> str | None:
     while isinstance(node, fx.Node):
         if flow.graph.nodes[node.name]["param"]:
             return flow.graph.nodes[node.name]["param"]
-        if ops.op_name(node) not in ops.VIEW_OPS:
+        if ops.kind(node) != ops.VIEW or not node.args or ops.op_name(node) in ("cat", "stack"):
             return None
         node = node.args[0]
     return None

@@ -13,13 +13,17 @@ Writes: a `Plan` without warnings (the `lint` pass adds them) — per parameter 
 
 from __future__ import annotations
 
+import math
+
 from torch import fx
 
 from ..errors import MuRewriteError
 from ..plan import Edit, ParamPlan, Plan
 from ..rules import attention_factor, rule_for, weight_decay_mult
 from . import ops
+from .attention import hidden_logit_paths
 from .dims import Dataflow
+from .source import source_line
 
 DEFAULT_OPTIONS = {
     "alpha_out": 1.0,  # readout multiplier (TP5 alpha_output)
@@ -34,6 +38,9 @@ DEFAULT_OPTIONS = {
     # "freeze": a scalar on a readout's input that changes with width (T5's d_model**-0.5) is
     # held at its base value, so muP's 1/m is the readout's only width dependence; "keep" keeps it
     "width_constants": "freeze",
+    # "error": a parameter used by an op the compiler does not understand stops the run;
+    # "sp": it keeps the standard parametrization and the report marks it
+    "unknown_ops": "error",
 }
 CHOICES = {
     "weight_decay": ("independent", "coupled"),
@@ -41,6 +48,7 @@ CHOICES = {
     "norm_gains": ("trainable", "frozen", "removed"),
     "adam_eps": ("constant", "scaled"),
     "width_constants": ("freeze", "keep"),
+    "unknown_ops": ("error", "sp"),
 }
 _HOOKABLE_LINEARS = {"torch.nn.modules.linear.Linear", "torch.nn.modules.linear.NonDynamicallyQuantizableLinear"}
 
@@ -48,8 +56,11 @@ _HOOKABLE_LINEARS = {"torch.nn.modules.linear.Linear", "torch.nn.modules.linear.
 def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization: str = "mup",
            options: dict | None = None, at: str = "target") -> Plan:
     options = checked_options(options)
+    if options["unknown_ops"] == "error":
+        _refuse_unknown_uses(flow, uses)
+        _refuse_hidden_logits(flow)
     zeroed = _zero_init_slices(uses, sites, options, at)
-    gains = norm_gains(uses)
+    gains = norm_gains(flow, uses)
     parameters, edits = {}, []
     for name, node in flow.parameters().items():
         param_uses = uses.get(name, [])
@@ -94,10 +105,61 @@ def primary_use(param_uses: list):
     return unclassified[0] if unclassified else param_uses[0]
 
 
-def norm_gains(uses: dict) -> set:
-    """Parameters used as the gain (scale) of a normalization."""
+def norm_gains(flow: Dataflow, uses: dict) -> set:
+    """Parameters used as the gain of a normalization: the gain slot of a norm op, or a vector
+    multiplying an activation that was just normalised (a hand-written RMSNorm or LayerNorm)."""
     return {name for name, param_uses in uses.items()
-            if any(ops.NORM_GAIN_POSITION.get(u.op) == u.position for u in param_uses)}
+            if any(_is_gain_use(flow, u) for u in param_uses if u.role == "vector")}
+
+
+def _is_gain_use(flow: Dataflow, use) -> bool:
+    spec = ops.spec(use.op)
+    if spec is not None and spec.kind == ops.NORM:
+        return use.position == spec.gain
+    if use.op != "mul":
+        return False
+    other = ops.node_slots(flow.fx(use.node)).get("other" if use.position == "input" else "input")
+    return isinstance(other, fx.Node) and _is_normalised(other)
+
+
+_NORMALIZING = {"rsqrt", "sqrt", "var", "std", "var_mean", "std_mean", "linalg_vector_norm", "norm", "reciprocal"}
+
+
+def _is_normalised(node: fx.Node, depth: int = 6) -> bool:
+    """Whether `node` divides (or multiplies) by a root of a variance / norm a few pointwise ops up."""
+    frontier = [(node, 0)]
+    while frontier:
+        current, level = frontier.pop()
+        name = ops.op_name(current)
+        if name in _NORMALIZING or (ops.spec(name) is not None and ops.spec(name).kind == ops.NORM):
+            return True
+        if level < depth and (ops.kind(current) in ("pointwise", ops.VIEW) or name in ("mean", "sum")):
+            frontier += [(arg, level + 1) for arg in current.all_input_nodes]
+    return False
+
+
+def _refuse_unknown_uses(flow: Dataflow, uses: dict) -> None:
+    for name, param_uses in uses.items():
+        for use in param_uses:
+            if use.role == "unclassified":
+                raise MuRewriteError(
+                    f"parameter '{name}' is used by {use.op} in {_where(flow, use.node, use.module)}, an op "
+                    "muprewrite has no rule for, so its muP scaling is unknown; rewrite that use with a "
+                    "standard op, or pass --option unknown_ops=sp to keep such tensors in SP (the report marks them)")
+
+
+def _refuse_hidden_logits(flow: Dataflow) -> None:
+    for softmax, blocker, contraction in hidden_logit_paths(flow):
+        raise MuRewriteError(
+            f"the softmax {softmax} in {_where(flow, softmax, flow.module(softmax))} is fed by the q·k "
+            f"contraction {contraction} (its d_head grows with width) through {ops.op_name(flow.fx(blocker))}, "
+            "an op muprewrite cannot see through, so the attention scale cannot be set; compute the logits "
+            "with pointwise ops, or pass --option unknown_ops=sp to leave this attention in SP")
+
+
+def _where(flow: Dataflow, node: str, module: str) -> str:
+    owner = f"module '{module}' ({flow.module_type(node).rpartition('.')[2]})" if module else "the root module"
+    return owner + source_line(flow, node)
 
 
 def _param_plan(flow, node, name, param_uses, stats, parametrization, options, at) -> ParamPlan:
@@ -137,45 +199,107 @@ def _readout_edits(flow, name, param_uses, parametrization, options, at) -> list
             continue
         factor = rule_for(parametrization, "output", use.fan_in_mult(at), use.fan_out_mult(at),
                           options["alpha_out"]).readout_multiplier
-        operand = _activation_operand(use)
+        operand = ops.activation_slot(flow.fx(use.node), use.position)
+        if operand is None:
+            raise MuRewriteError(
+                f"'{name}' is a readout at {use.op} in {_where(flow, use.node, use.module)}, but muprewrite cannot "
+                "tell which operand is its activation, so it cannot place the 1/m multiplier; use a linear or "
+                "a two-operand matmul/einsum for it")
         frozen = None
         if parametrization != "sp" and options["width_constants"] == "freeze":
-            frozen = _width_constant_on_input(flow, use.node, operand, at)
+            frozen = _width_constants_around(flow, name, use, operand, at)
         if frozen:
             factor *= frozen.pop("correction")
         if factor == 1.0:
             continue
         owners = {n.rpartition(".")[0] for n in [name, *flow.captures.aliases.get(name, [])]}
-        hookable = (use.op == "linear" and operand == 0 and flow.module_type(use.node) in _HOOKABLE_LINEARS
+        hookable = (use.op == "linear" and operand == "input" and flow.module_type(use.node) in _HOOKABLE_LINEARS
                     and use.module in owners)
         edits.append(Edit(
             kind="readout_multiplier", module=use.module, node=use.node, old=1.0, new=factor,
             realized_by="forward_pre_hook" if hookable else "call_interception", family=ops.family(use.op),
-            occurrence=_occurrence(flow, use.node, use.module, ops.family(use.op)), apply_to="input",
+            **_occurrence(flow, use.node, use.module, ops.family(use.op)), apply_to="input",
             operand=operand, param=name, frozen_constant=frozen,
         ))
     return edits
 
 
-def _width_constant_on_input(flow, node: str, operand, at: str) -> dict | None:
-    """A mul/div by a float that differs between base and `at`, reached from the activation
-    operand of `node` through view-like ops, with the factor that restores its base value."""
-    if not isinstance(operand, int):
+def _width_constants_around(flow, name, use, operand: str, at: str) -> dict | None:
+    """The width-dependent constant factors the model puts on a readout's activation input and on
+    its output (reached through view-like ops), with the factor that restores their base value.
+    A one-element tensor there (a buffer, a constant made in forward) has no value on the meta
+    device: muprewrite cannot tell whether it changes with width, so it refuses."""
+    node = flow.fx(use.node, at)
+    found = _constants_before(flow, ops.node_slots(node).get(operand), at) + _constants_after(flow, node, at)
+    unknown = [n for n, base, now in found if base is None]
+    if unknown:
+        raise MuRewriteError(
+            f"the readout '{name}' in {_where(flow, use.node, use.module)} is multiplied by the tensor "
+            f"{unknown[0]}, whose value muprewrite cannot read: if it changes with width, muP's 1/m would "
+            "come on top of it; make it a Python float, or pass --option width_constants=keep")
+    changing = [(n, base, now) for n, base, now in found if base != now]
+    if not changing:
         return None
-    arg = flow.fx(node, at).args[operand]
+    if any(n in {c[0] for c in _constants_after(flow, node, at)} for n, _, _ in changing) and \
+            ops.spec(use.op).bias and ops.node_slots(node).get(ops.spec(use.op).bias[0]) is not None:
+        raise MuRewriteError(
+            f"the readout '{name}' in {_where(flow, use.node, use.module)} has a bias and its output is scaled "
+            "by a width-dependent constant, which a multiplier on its input cannot hold at its base value; "
+            "pass --option width_constants=keep to keep the constant")
+    base, now = math.prod(c[1] for c in changing), math.prod(c[2] for c in changing)
+    return {"node": ", ".join(c[0] for c in changing), "base": base, "now": now, "correction": base / now}
+
+
+def _constants_before(flow, arg, at: str) -> list:
+    found = []
     while isinstance(arg, fx.Node):
-        name = ops.op_name(arg)
-        if name in ops.SCALAR_ARITH_OPS:
-            now = arg.args[1] if len(arg.args) > 1 else None
-            base = flow.fx(arg.name, "base").args[1] if isinstance(now, float) else None
-            if base is None or base == now:
-                return None
-            correction = base / now if name == "mul" else now / base
-            return {"node": arg.name, "base": base, "now": now, "correction": correction}
-        if name not in ops.VIEW_OPS or not arg.args:
-            return None
-        arg = arg.args[0]
+        factor = _scalar_factor(flow, arg, at)
+        if factor is not None:
+            found.append(factor[0])
+            arg = factor[1]
+        elif ops.kind(arg) != ops.VIEW or ops.op_name(arg) in ("cat", "stack") or not arg.args:
+            break
+        else:
+            arg = ops.node_slots(arg).get("input", arg.args[0])
+    return found
+
+
+def _constants_after(flow, node: fx.Node, at: str) -> list:
+    found = []
+    while len(node.users) == 1:
+        (node,) = node.users
+        factor = _scalar_factor(flow, node, at)
+        if factor is not None:
+            found.append(factor[0])
+        elif ops.kind(node) != ops.VIEW or ops.op_name(node) in ("cat", "stack", "getitem"):
+            break
+    return found
+
+
+def _scalar_factor(flow, node: fx.Node, at: str):
+    """((name, value at base, value at `at`), the tensor it scales) for a mul/div of a tensor by a
+    constant, the value as a factor on the tensor (None when the constant is a one-element tensor,
+    whose value the meta device does not hold); None when `node` is no such op."""
+    name = ops.op_name(node)
+    if name not in ops.SCALAR_ARITH:
+        return None
+    slots = ops.node_slots(node)
+    for constant_slot, tensor_slot in (("other", "input"), ("input", "other")):
+        constant, tensor = slots.get(constant_slot), slots.get(tensor_slot)
+        if not isinstance(tensor, fx.Node) or _is_one_element(flow, tensor):
+            continue
+        if isinstance(constant, (int, float)) and not isinstance(constant, bool):
+            base = ops.node_slots(flow.fx(node.name, "base")).get(constant_slot)
+            values = (1.0 / base, 1.0 / constant) if name == "div" else (float(base), float(constant))
+            return (node.name, *values), tensor
+        if isinstance(constant, fx.Node) and _is_one_element(flow, constant) and not flow.graph.nodes[constant.name]["param"]:
+            return (node.name, None, None), tensor
     return None
+
+
+def _is_one_element(flow, node: fx.Node) -> bool:
+    shape = flow.shape(node.name)
+    return shape is not None and not isinstance(shape, list) and shape.numel("target") == 1
 
 
 def _weight_multiplier_edits(flow, name, param_uses, multiplier, parametrization) -> list:
@@ -191,19 +315,10 @@ def _weight_multiplier_edits(flow, name, param_uses, multiplier, parametrization
         edits.append(Edit(
             kind="weight_multiplier", module=use.module, node=use.node, old=1.0, new=multiplier,
             realized_by="call_interception", family=family,
-            occurrence=_occurrence(flow, use.node, use.module, family), apply_to="input",
+            **_occurrence(flow, use.node, use.module, family), apply_to="input",
             operand=use.position, param=name,
         ))
     return edits
-
-
-def _activation_operand(use):
-    """The argument position of the activation that meets the readout weight."""
-    if use.op == "einsum":
-        return ("einsum", 1 - use.position[1])
-    pairs = {"linear": (0, 1), "matmul": (0, 1), "mm": (0, 1), "bmm": (0, 1), "addmm": (1, 2), "baddbmm": (1, 2)}
-    first, second = pairs.get(use.op, (0, 1))
-    return second if use.position == first else first
 
 
 def _attention_edits(flow, sites, parametrization, options, at) -> list:
@@ -220,7 +335,7 @@ def _attention_edits(flow, sites, parametrization, options, at) -> list:
         edits.append(Edit(
             kind="attention_scale", module=site.module, node=site.node, old=old, new=old * factor,
             realized_by="call_interception", family=site.kind,
-            occurrence=_occurrence(flow, site.node, site.module, site.kind),
+            **_occurrence(flow, site.node, site.module, site.kind),
             # scaling q rather than the (T x T) logits is the same product and costs less
             apply_to="scale_kwarg" if site.kind == "sdpa" else "input", operand=site.q_operand,
         ))
@@ -243,11 +358,14 @@ def _zero_init_slices(uses, sites, options, at) -> dict:
     return zeroed
 
 
-def _occurrence(flow: Dataflow, node: str, scope: str, fam: str) -> int:
-    """Index of `node` among the `fam` calls that run while the module at `scope` runs."""
-    same = [n for n in flow.graph.nodes
-            if flow.in_scope(n, scope) and ops.family(ops.op_name(flow.fx(n))) == fam]
-    return same.index(node)
+def _occurrence(flow: Dataflow, node: str, scope: str, fam: str) -> dict:
+    """Which call of the module at `scope` runs `node` ("call", of "calls" per forward) and the
+    index of `node` among the `fam` calls made during that call of the module ("occurrence")."""
+    call = flow.call(node, scope)
+    in_scope = [n for n in flow.graph.nodes if flow.in_scope(n, scope)]
+    same = [n for n in in_scope if flow.call(n, scope) == call and ops.family(ops.op_name(flow.fx(n))) == fam]
+    calls = 1 + max((flow.call(n, scope) for n in in_scope), default=0)
+    return {"occurrence": same.index(node), "call": call, "calls": calls}
 
 
 def _graph_order(flow):

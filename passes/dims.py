@@ -1,10 +1,11 @@
 """dims: match the graphs captured at each width node by node and mark every dim finite or infinite.
 
 Reads:  `Captures` (one exported program per width).
-Writes: `Dataflow` — a networkx DiGraph over the graph's nodes (an edge runs from an argument
-        to its user). Each node carries `fx` (its torch.fx Node per width name), `shape` (a
+Writes: `Dataflow` — a networkx DiGraph over the graph's nodes, no_grad/autocast bodies inlined
+        (an edge runs from an argument to its user). Each node carries `fx` (its torch.fx Node per width name), `shape` (a
         `WidthShape`, a list of them for multi-output nodes, or None), `param` (the parameter
-        FQN of a parameter placeholder), `module` and `module_type` (the innermost module that ran it).
+        FQN of a parameter placeholder), `module` and `module_type` (the innermost module that ran it), `calls` (which call of each
+        enclosing module ran it, for modules that run several times per forward).
 Raises: `WidthError` when the graphs differ between widths (naming the first differing node),
         when a dim is equal at base and delta but differs at target (the `mup` package would
         silently call it finite), or when no dim is infinite (the factory ignores width).
@@ -22,6 +23,7 @@ from torch import fx
 from ..errors import WidthError
 from ..widths import WIDTH_NAMES, Widths, WidthShape
 from .capture import Captures
+from .inline import inline_hops
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Dataflow:
     graph: nx.DiGraph
     widths: Widths
     captures: Captures
+    modules: dict  # width name -> the captured GraphModule with no_grad/autocast bodies inlined
 
     def fx(self, name: str, at: str = "target") -> fx.Node:
         return self.graph.nodes[name]["fx"][at]
@@ -42,6 +45,10 @@ class Dataflow:
     def module_type(self, name: str) -> str:
         return self.graph.nodes[name]["module_type"]
 
+    def call(self, name: str, scope: str) -> int:
+        """Which call of the module at `scope` (0 for the first of a forward) ran node `name`."""
+        return self.graph.nodes[name]["calls"].get(scope, 0)
+
     def in_scope(self, name: str, scope: str) -> bool:
         """Whether `name` ran inside the module at path `scope` (itself or a descendant)."""
         module = self.module(name)
@@ -53,7 +60,8 @@ class Dataflow:
 
 
 def analyse_dims(captures: Captures) -> Dataflow:
-    graphs = {name: captures.programs[name].graph for name in WIDTH_NAMES}
+    modules = {name: inline_hops(captures.programs[name].graph_module) for name in WIDTH_NAMES}
+    graphs = {name: modules[name].graph for name in WIDTH_NAMES}
     canonical = {alias: name for name, aliases in captures.aliases.items() for alias in aliases}
     params = {node: canonical.get(fqn, fqn)  # a tied tensor goes by its first name in named_parameters()
               for node, fqn in captures.programs["target"].graph_signature.inputs_to_parameters.items()}
@@ -70,11 +78,12 @@ def analyse_dims(captures: Captures) -> Dataflow:
             param=params.get(target.name),
             module=_innermost_module(target)[0],
             module_type=_innermost_module(target)[1],
+            calls=_module_calls(target),
         )
         for arg in target.all_input_nodes:
             graph.add_edge(arg.name, target.name)
     _check_some_dim_infinite(graph, captures.widths)
-    return Dataflow(graph=graph, widths=captures.widths, captures=captures)
+    return Dataflow(graph=graph, widths=captures.widths, captures=captures, modules=modules)
 
 
 def _check_same_structure(graphs: dict) -> None:
@@ -151,6 +160,16 @@ def _innermost_module(node: fx.Node) -> tuple:
     if isinstance(module_type, type):
         module_type = f"{module_type.__module__}.{module_type.__qualname__}"
     return _clean_path(path), str(module_type)
+
+
+def _module_calls(node: fx.Node) -> dict:
+    """{module path: call index} of every module running `node`: export names the k-th call of a
+    module in one forward with the suffix "@k" on its stack key."""
+    calls = {}
+    for key, (path, _) in (node.meta.get("nn_module_stack") or {}).items():
+        _, at, index = key.rpartition("@")
+        calls[_clean_path(path)] = int(index) if at and index.isdigit() else 0
+    return calls
 
 
 def _clean_path(path: str) -> str:

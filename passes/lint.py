@@ -27,8 +27,8 @@ def _unclassified(flow, uses, sites, init, plan):
     if names:
         seen = sorted({u["op"] for n in names for u in plan.parameters[n].uses if u["role"] == "unclassified"})
         yield PlanWarning("unclassified-use", f"{len(names)} parameter(s) reach an op the compiler does not "
-                          f"understand ({', '.join(seen)}); they keep the standard parametrization",
-                          "DESIGN.md: roles", names)
+                          f"understand ({', '.join(seen)}); as asked (unknown_ops='sp') they keep the standard "
+                          "parametrization, so they may not transfer", "docs/design.md: fail closed", names)
 
 
 def _tied(flow, uses, sites, init, plan):
@@ -62,7 +62,7 @@ def _small_heads(flow, uses, sites, init, plan):
 
 
 def _gains(flow, uses, sites, init, plan):
-    names = sorted(norm_gains(uses))
+    names = sorted(norm_gains(flow, uses))
     if names and plan.options["norm_gains"] == "trainable":
         yield PlanWarning("trainable-norm-gains", "trainable normalization gains were found to break learning-"
                           "rate transfer (Lingle 2024); option norm_gains='frozen' or 'removed' fixes them",
@@ -92,7 +92,7 @@ def _width_dependent_constants(flow, uses, sites, init, plan):
         if name in frozen:
             continue
         base, delta = flow.fx(name, "base"), flow.fx(name, "delta")
-        if ops.op_name(base) in ops.SCALAR_ARITH_OPS and len(base.args) > 1 and isinstance(base.args[1], float):
+        if ops.op_name(base) in ops.SCALAR_ARITH and len(base.args) > 1 and isinstance(base.args[1], float):
             if base.args[1] != delta.args[1] and not _feeds_attention(base, attention):
                 nodes.append(name)
     if nodes:

@@ -1,123 +1,348 @@
-"""Vocabulary shared by the analysis passes: which aten ops contract which operand dims.
+"""The op registry: everything the passes and the realization know about an op, one entry per op.
 
-Reads and writes nothing; every pass that needs to know what an op does asks here, so the
-knowledge about ops lives in one place.
+Reads and writes nothing. Each `OpSpec` says what an op is to muP: which argument slots hold a
+weight and which of their dims it contracts, which slot is the activation a weight meets, the
+bias and gain slots, where a multiplicative scale lives, which slot is q when the op is a q·k
+contraction, how the op behaves on an attention-logit path, and which Python callables run it
+(the realization intercepts those). Slots are argument names as the op's schema spells them
+(an einsum operand is "tensors.I"), and arguments are bound *by schema* both in the captured
+graph and at run time, so `alibi.baddbmm(batch1=q, batch2=k)` and `torch.baddbmm(alibi, q, k)`
+are the same call. Adding an op is one entry in `REGISTRY`.
 """
 
 from __future__ import annotations
 
+import inspect
 import operator
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import fx
+from torch.fx.operator_schemas import get_signature_for_torch_op
 
-NORM_OPS = {
-    "layer_norm", "native_layer_norm", "rms_norm", "_fused_rms_norm", "group_norm",
-    "native_group_norm", "batch_norm", "native_batch_norm", "_native_batch_norm_legit",
-    "_native_batch_norm_legit_no_training", "instance_norm",
+# How an op behaves to the analysis.
+CONTRACTION = "contraction"  # sums a weight over some dims (linear, matmul, conv, grouped mm)
+LOOKUP = "lookup"  # reads rows of a table (embedding, indexing): the table's fan_in is its rows
+NORM = "norm"  # normalizes its input over the width; may carry a gain and a bias
+SDPA = "sdpa"  # fused attention, scale in an argument
+SOFTMAX = "softmax"
+VIEW = "view"  # moves, copies, selects or places coordinates without mixing them
+IGNORED = "ignored"  # no tensor flows through (assertions, sizes)
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    kind: str
+    family: str | None = None  # what a run-time call is counted as by the realization
+    runtime: tuple = ()  # the Python callables that produce this op
+    contracts: dict = field(default_factory=dict)  # weight slot -> fn(ndim) -> contracted dims
+    partner: dict = field(default_factory=dict)  # weight slot -> slot of the activation it meets
+    bias: tuple = ()  # slots added to the result (not contracted)
+    gain: str | None = None  # slot of a normalization's gain
+    query: str | None = None  # slot of q when the op contracts q with k
+    scale: str | None = None  # slot of a multiplicative scale on the result (alpha, scale=)
+    runtime_names: dict = field(default_factory=dict)  # callable -> its positional slot names, when not its schema's
+
+
+def _last(ndim):
+    return (ndim - 1,)
+
+
+def _fixed(*dims):
+    return lambda ndim: dims
+
+
+def _second_last_or_first(ndim):
+    return (0,) if ndim == 1 else (ndim - 2,)
+
+
+def _conv_weight(transposed: bool):
+    return lambda ndim: (0, *range(2, ndim)) if transposed else tuple(range(1, ndim))
+
+
+def _norm(gain="weight", bias=("bias",), runtime=(), family=None):
+    return OpSpec(NORM, family=family, runtime=runtime, gain=gain, bias=bias)
+
+
+_T = torch.Tensor
+_CONV = {name: OpSpec(CONTRACTION, "conv", (getattr(F, name),), {"weight": _conv_weight("transpose" in name)},
+                      {"weight": "input"}, ("bias",))
+         for name in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")}
+_VIEWS = (
+    "view", "reshape", "_unsafe_view", "t", "numpy_T", "mT", "mH", "adjoint", "transpose", "swapaxes", "swapdims",
+    "permute", "unsqueeze", "squeeze", "expand", "expand_as", "contiguous", "clone", "detach", "alias",
+    "lift_fresh_copy", "_to_copy", "to", "type_as", "slice", "select", "narrow", "split", "split_with_sizes",
+    "chunk", "unbind", "flatten", "unflatten", "view_as", "reshape_as", "movedim", "dropout", "native_dropout",
+    "neg", "repeat", "tile", "repeat_interleave", "flip", "roll", "as_strided", "getitem",
+    # placing a tensor into a larger one (a ViT's cls token, a fused weight built by cat)
+    "cat", "concat", "concatenate", "stack", "hstack", "vstack", "index_put", "slice_scatter", "select_scatter",
+    "constant_pad_nd", "pad",
+    # resampling over finite (spatial) dims: each channel keeps its identity
+    "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_linear1d", "upsample_bilinear2d",
+    "upsample_bicubic2d", "upsample_trilinear3d", "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa",
+    "_upsample_nearest_exact2d",
+)
+
+REGISTRY = {
+    "linear": OpSpec(CONTRACTION, "linear", (F.linear,), {"weight": _fixed(1)}, {"weight": "input"}, ("bias",)),
+    "matmul": OpSpec(
+        CONTRACTION, "matmul",
+        (torch.matmul, _T.matmul, _T.__matmul__, _T.__rmatmul__),
+        {"input": _last, "other": _second_last_or_first}, {"input": "other", "other": "input"}, query="input",
+        runtime_names={_T.__rmatmul__: ("other", "input")},
+    ),
+    "mm": OpSpec(CONTRACTION, "matmul", (torch.mm, _T.mm), {"input": _fixed(1), "mat2": _fixed(0)},
+                 {"input": "mat2", "mat2": "input"}, query="input"),
+    "bmm": OpSpec(CONTRACTION, "matmul", (torch.bmm, _T.bmm), {"input": _fixed(2), "mat2": _fixed(1)},
+                  {"input": "mat2", "mat2": "input"}, query="input"),
+    "addmm": OpSpec(CONTRACTION, "matmul", (torch.addmm, _T.addmm), {"mat1": _fixed(1), "mat2": _fixed(0)},
+                    {"mat1": "mat2", "mat2": "mat1"}, ("input",), query="mat1", scale="alpha"),
+    "baddbmm": OpSpec(CONTRACTION, "matmul", (torch.baddbmm, _T.baddbmm), {"batch1": _fixed(2), "batch2": _fixed(1)},
+                      {"batch1": "batch2", "batch2": "batch1"}, ("input",), query="batch1", scale="alpha"),
+    "einsum": OpSpec(CONTRACTION, "matmul", (torch.einsum,), query="tensors.0"),  # dims from the equation
+    # stacked experts: input [tokens, in] x weight [experts, in, out] (transformers' fallback op, torch's own)
+    "grouped_mm_fallback": OpSpec(CONTRACTION, None, (), {"weight": _second_last_or_first}, {"weight": "input"}),
+    "_grouped_mm": OpSpec(CONTRACTION, None, (), {"mat_b": _second_last_or_first}, {"mat_b": "mat_a"}),
+    **_CONV,
+    "convolution": OpSpec(CONTRACTION, "conv", (), {"weight": _conv_weight(False)}, {"weight": "input"}, ("bias",)),
+    "embedding": OpSpec(LOOKUP, "embedding", (F.embedding,), {"weight": _fixed(0)}),
+    "index": OpSpec(LOOKUP),  # table[ids]: the indexed dims, see `contracted_dims`
+    "_unsafe_index": OpSpec(LOOKUP),
+    "index_select": OpSpec(LOOKUP),
+    "layer_norm": _norm(runtime=(F.layer_norm,), family="norm"),
+    "native_layer_norm": _norm(),
+    "rms_norm": _norm(bias=(), runtime=(F.rms_norm,), family="norm"),
+    "_fused_rms_norm": _norm(bias=()),
+    "group_norm": _norm(runtime=(F.group_norm,), family="norm"),
+    "native_group_norm": _norm(),
+    "batch_norm": _norm(),
+    "native_batch_norm": _norm(),
+    "_native_batch_norm_legit": _norm(),
+    "_native_batch_norm_legit_no_training": _norm(),
+    "instance_norm": _norm(),
+    "scaled_dot_product_attention": OpSpec(SDPA, "sdpa", (F.scaled_dot_product_attention,), query="query",
+                                           scale="scale"),
+    **dict.fromkeys(("softmax", "_softmax", "_safe_softmax"), OpSpec(SOFTMAX)),
+    **dict.fromkeys(_VIEWS, OpSpec(VIEW)),
+    **dict.fromkeys(("sym_size", "_assert_tensor_metadata", "_assert_scalar", "sym_numel", "output",
+                     "_set_grad_enabled", "_enter_autocast", "_exit_autocast"), OpSpec(IGNORED)),
 }
-# Argument position of the gain (scale) in each normalization op.
-NORM_GAIN_POSITION = {
-    "layer_norm": 2, "native_layer_norm": 2, "rms_norm": 2, "_fused_rms_norm": 2, "group_norm": 2,
-    "native_group_norm": 1, "batch_norm": 1, "native_batch_norm": 1, "_native_batch_norm_legit": 1,
-    "_native_batch_norm_legit_no_training": 1, "instance_norm": 1,
-}
-VIEW_OPS = {
-    "view", "reshape", "_unsafe_view", "t", "transpose", "permute", "unsqueeze", "squeeze",
-    "expand", "expand_as", "contiguous", "clone", "detach", "alias", "lift_fresh_copy",
-    "_to_copy", "to", "type_as", "slice", "select", "narrow", "split", "split_with_sizes",
-    "chunk", "unbind", "flatten", "unflatten", "view_as", "movedim", "dropout", "neg",
-}
-SCALAR_ARITH_OPS = {"mul", "div"}
-# Ops that place a parameter into an activation without contracting it (a ViT's cls token).
-PLACEMENT_OPS = {"cat", "stack", "concat", "index_put", "slice_scatter", "select_scatter"}
-IGNORED_OPS = {"sym_size", "_assert_tensor_metadata", "_assert_scalar", "sym_numel", "output"}
-MATMUL_FAMILY = {"matmul", "mm", "bmm", "baddbmm", "addmm", "einsum"}
-SOFTMAX_OPS = {"softmax", "_softmax", "_safe_softmax"}
-SDPA_OPS = {"scaled_dot_product_attention"}
-# A call of one of these at run time produces one node of its family in the captured graph.
-CONV_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
-FAMILIES = {
-    "linear": {"linear"}, "sdpa": SDPA_OPS, "matmul": MATMUL_FAMILY, "embedding": {"embedding"},
-    "norm": {"layer_norm", "rms_norm", "group_norm"}, "conv": CONV_OPS,
-}
+# Python functions that make family calls of their own (the interception stays active inside).
+COMPOSITES = {F.multi_head_attention_forward}
+RUNTIME = {func: name for name, spec in REGISTRY.items() for func in spec.runtime}
+RUNTIME_NAMES: dict = {}  # filled below, once the binding helpers exist
+FAMILIES = sorted({spec.family for spec in REGISTRY.values() if spec.family})
+SCALAR_ARITH = {"mul", "div"}  # by a constant: keeps a tensor's identity, may carry a width-dependent constant
 
 
 def op_name(node: fx.Node) -> str:
-    """'linear' for aten.linear.default, 'getitem' for operator.getitem, '' for non-calls."""
+    """'linear' for aten.linear.default, 'add' for aten.add_.Tensor, 'getitem', '' for non-calls."""
     if node.op != "call_function":
         return node.op if node.op == "output" else ""
     if node.target is operator.getitem:
         return "getitem"
     schema = getattr(node.target, "_schema", None)
-    if schema is not None:
-        return schema.name.split("::")[-1]
-    return getattr(node.target, "__name__", str(node.target))
+    name = schema.name.split("::")[-1] if schema is not None else getattr(node.target, "__name__", str(node.target))
+    return name[:-1] if name.endswith("_") and not name.startswith("_") and name[:-1] in _INPLACE_BASES else name
+
+
+def spec(node_or_name) -> OpSpec | None:
+    name = node_or_name if isinstance(node_or_name, str) else op_name(node_or_name)
+    return REGISTRY.get(name)
+
+
+def kind(node: fx.Node) -> str | None:
+    found = spec(node)
+    if found is not None:
+        return found.kind
+    return "pointwise" if is_pointwise(node) else None
 
 
 def family(name: str) -> str | None:
-    return next((fam for fam, ops in FAMILIES.items() if name in ops), None)
+    found = REGISTRY.get(name)
+    return found.family if found else None
 
 
 def is_pointwise(node: fx.Node) -> bool:
-    tags = getattr(node.target, "tags", ())
-    return torch.Tag.pointwise in tags
+    return torch.Tag.pointwise in getattr(node.target, "tags", ())
 
 
-def contracted_dims(node: fx.Node, position, ndim: int):
-    """Dims of the operand at `position` that `node` sums over, or None if it sums over none.
+def is_inplace(node: fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and schema.name.split("::")[-1].endswith("_") and bool(schema.arguments) \
+        and schema.arguments[0].alias_info is not None and schema.arguments[0].alias_info.is_write
 
-    `position` is an argument index, or ("einsum", i) for the i-th einsum operand.
-    """
-    name = op_name(node)
-    if name == "einsum":
-        return _einsum_contracted(node.args[0], position[1], ndim)
-    table = {
-        "linear": {1: (1,)},
-        "mm": {0: (1,), 1: (0,)},
-        "bmm": {0: (2,), 1: (1,)},
-        "addmm": {1: (1,), 2: (0,)},
-        "baddbmm": {1: (2,), 2: (1,)},
-        "embedding": {0: (0,)},
-        "matmul": {0: (ndim - 1,), 1: (0,) if ndim == 1 else (ndim - 2,)},
-    }
-    if name in table:
-        return table[name].get(position)
-    if name in ("index", "_unsafe_index") and position == 0:  # table[ids]: a lookup, like embedding
-        return tuple(i for i, ix in enumerate(node.args[1]) if ix is not None) or None
-    if name == "index_select" and position == 0:
-        return (node.args[1] % ndim,)
-    if name.startswith("conv") and position == 1:
-        transposed = name.startswith("conv_transpose") or (
-            name == "convolution" and len(node.args) > 6 and node.args[6]
-        )
-        return (0, *range(2, ndim)) if transposed else tuple(range(1, ndim))
+
+# ---------------------------------------------------------------- binding arguments by schema
+
+def node_slots(node: fx.Node) -> dict:
+    """{slot: value} of a captured op's arguments by its schema ("self" is called "input")."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return {str(i): a for i, a in enumerate(node.args)} | dict(node.kwargs)
+    names = [_canonical(a.name) for a in schema.arguments]
+    slots = dict(zip(names, node.args))
+    slots.update({_canonical(k): v for k, v in node.kwargs.items()})
+    for i, tensor in enumerate(slots.get("tensors") or ()) if isinstance(slots.get("tensors"), (list, tuple)) else ():
+        slots[f"tensors.{i}"] = tensor
+    return slots
+
+
+def slots_of(node: fx.Node, source: fx.Node) -> list:
+    """The slots at which `source` feeds `node`."""
+    return [slot for slot, value in node_slots(node).items() if value is source]
+
+
+def node_location(node: fx.Node, slot: str) -> tuple:
+    """Where a slot sits in a captured node: ("args", i), ("kwargs", key) or ("list", i, j)."""
+    return _location(node.target, node.args, node.kwargs, slot, _node_names(node))
+
+
+def call_location(func, args, kwargs, slot: str) -> tuple | None:
+    """Where a slot sits in a run-time call `func(*args, **kwargs)`, or None if it is absent."""
+    names = _runtime_names(func, args, kwargs)
+    return _location(func, args, kwargs, slot, names) if names is not None else None
+
+
+def read(location: tuple, args, kwargs):
+    if location[0] == "args":
+        return args[location[1]]
+    if location[0] == "kwargs":
+        return kwargs[location[1]]
+    return args[location[1]][location[2]]
+
+
+def replace(location: tuple, args, kwargs, value) -> tuple:
+    """(args, kwargs) with the argument at `location` replaced."""
+    args, kwargs = list(args), dict(kwargs)
+    if location[0] == "args":
+        args[location[1]] = value
+    elif location[0] == "kwargs":
+        kwargs[location[1]] = value
+    else:
+        items = list(args[location[1]])
+        items[location[2]] = value
+        args[location[1]] = type(args[location[1]])(items) if isinstance(args[location[1]], tuple) else items
+    return args, kwargs
+
+
+def _location(target, args, kwargs, slot: str, names: list):
+    head, _, index = slot.partition(".")
+    if index:  # an operand of a list argument (einsum's tensors), or of *operands at run time
+        position = names.index(head) if head in names else 1
+        if position < len(args) and isinstance(args[position], (list, tuple)):
+            return ("list", position, int(index))
+        return ("args", position + int(index))
+    for key in kwargs:
+        if _canonical(key) == slot:
+            return ("kwargs", key)
+    if slot in names and names.index(slot) < len(args):
+        return ("args", names.index(slot))
     return None
 
 
-def operand_positions(node: fx.Node, source: fx.Node):
-    """Argument positions at which `source` feeds `node` (einsum operands as ("einsum", i))."""
-    positions = []
-    for i, arg in enumerate(node.args):
-        if arg is source:
-            positions.append(i)
-        elif isinstance(arg, (list, tuple)):
-            positions += [("einsum", j) for j, a in enumerate(arg) if a is source]
-    positions += [key for key, arg in node.kwargs.items() if arg is source]
-    return positions
+def _node_names(node: fx.Node) -> list:
+    schema = getattr(node.target, "_schema", None)
+    return [_canonical(a.name) for a in schema.arguments] if schema is not None else []
+
+
+def _runtime_names(func, args, kwargs) -> tuple | None:
+    """Positional slot names of a run-time call (read from a table built at import, so that
+    torch.compile traces the binding without a graph break)."""
+    return RUNTIME_NAMES.get(func)
+
+
+def _positional_names(func, name: str) -> tuple:
+    """From the callable's own signature or schema ("self" and "input" are one slot)."""
+    override = REGISTRY[name].runtime_names.get(func)
+    if override:
+        return tuple(override)
+    if name == "einsum":
+        return ("equation", "tensors")
+    for signature in _signatures(func):
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return tuple(_canonical(p.name) for p in signature.parameters.values() if p.kind in kinds)
+    raise TypeError(f"no signature for {func}")  # a registry entry without a bindable callable
+
+
+def _signatures(func) -> list:
+    found = None
+    try:
+        found = get_signature_for_torch_op(func)
+    except Exception:  # not a torch.* builtin
+        found = None
+    name = getattr(func, "__name__", "")
+    if not found and getattr(torch.Tensor, name, None) is func:  # Tensor.mm binds like torch.mm(input, mat2)
+        torch_twin = getattr(torch, name.strip("_"), None)
+        found = get_signature_for_torch_op(torch_twin) if torch_twin is not None else None
+    if not found:
+        found = [inspect.signature(func)]
+    return found
+
+
+def _canonical(name: str) -> str:
+    return "input" if name == "self" else name
+
+
+# ---------------------------------------------------------------- what a contraction sums over
+
+def contracted_dims(node: fx.Node, slot: str, ndim: int):
+    """Dims of the operand at `slot` that `node` sums over as a weight, or None."""
+    name = op_name(node)
+    found = REGISTRY.get(name)
+    if name == "einsum" and slot.startswith("tensors."):
+        return _einsum_contracted(node_slots(node)["equation"], int(slot.split(".")[1]), ndim)
+    if name in ("index", "_unsafe_index") and slot == "input":
+        return tuple(i for i, ix in enumerate(node_slots(node)["indices"]) if ix is not None) or None
+    if name == "index_select" and slot == "input":
+        return (node_slots(node)["dim"] % ndim,)
+    if found is None or slot not in found.contracts:
+        return None
+    return tuple(found.contracts[slot](ndim))
+
+
+def activation_slot(node: fx.Node, weight_slot: str) -> str | None:
+    """The slot of the activation a weight at `weight_slot` is contracted with."""
+    name = op_name(node)
+    if name == "einsum":
+        count = len(node_slots(node)["tensors"])
+        return f"tensors.{1 - int(weight_slot.split('.')[1])}" if count == 2 else None
+    found = REGISTRY.get(name)
+    return found.partner.get(weight_slot) if found else None
+
+
+def infer_contraction(node: fx.Node, slot: str, shapes: dict) -> tuple | None:
+    """For an op with no entry: the dims of the weight at `slot` that match a dim of another
+    tensor operand and appear in no output dim, at every width (the only unambiguous case)."""
+    weight, others, output = shapes["operand"], shapes["others"], shapes["output"]
+    if not others or output is None:
+        return None
+    sizes = lambda shape, d: tuple(shape.at(w)[d] for w in ("base", "delta", "target"))  # noqa: E731
+    out_sizes = {sizes(output, d) for d in range(len(output.base))}
+    other_sizes = {sizes(o, d) for o in others for d in range(len(o.base))}
+    dims = tuple(d for d in range(len(weight.base))
+                 if sizes(weight, d) in other_sizes and sizes(weight, d) not in out_sizes)
+    return dims or None
 
 
 def _einsum_contracted(equation: str, index: int, ndim: int):
     equation = equation.replace(" ", "")
-    lhs, _, rhs = equation.partition("->")
+    lhs, arrow, rhs = equation.partition("->")
     inputs = lhs.split(",")
-    if not _:
+    if not arrow:
         letters = [c for c in lhs if c.isalpha()]
         rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
-    spec = inputs[index]
-    head, ellipsis, tail = spec.partition("...")
+    head, ellipsis, tail = inputs[index].partition("...")
     dims = {c: i for i, c in enumerate(head)}
     if ellipsis:
         dims.update({c: ndim - len(tail) + i for i, c in enumerate(tail)})
-    contracted = tuple(sorted(d for c, d in dims.items() if c not in rhs))
-    return contracted or None
+    return tuple(sorted(d for c, d in dims.items() if c not in rhs)) or None
+
+
+# in-place spellings (add_, masked_fill_, index_put_) are the out-of-place op to the analysis
+_INPLACE_BASES = {"add", "sub", "mul", "div", "masked_fill", "clamp", "clamp_min", "clamp_max", "tanh", "index_put",
+                  "copy", "fill", "where", "exp", "neg", "relu", "sigmoid", "t", "transpose", "unsqueeze", "squeeze",
+                  "maximum", "minimum", "pow", "mul_", "silu", "gelu", "masked_scatter", "scatter"}
+
+RUNTIME_NAMES.update({func: _positional_names(func, name) for func, name in RUNTIME.items()})

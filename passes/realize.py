@@ -20,36 +20,14 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode, redispatch_function
 
 from ..errors import MuRewriteError
 from ..plan import Edit, Plan
+from . import ops
 
 REALIZED_FLAG = "_muprewrite_realized"
-
-RUNTIME_FAMILIES = {
-    F.linear: "linear",
-    F.scaled_dot_product_attention: "sdpa",
-    F.embedding: "embedding",
-    **dict.fromkeys([F.layer_norm, F.rms_norm, F.group_norm], "norm"),
-    **dict.fromkeys([F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d], "conv"),
-    **dict.fromkeys(
-        [torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
-         torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.baddbmm,
-         torch.Tensor.baddbmm, torch.addmm, torch.Tensor.addmm, torch.einsum],
-        "matmul",
-    ),
-}
-
-# Overridable torch functions written in Python that make family calls of their own.
-COMPOSITES = {F.multi_head_attention_forward}
-# Where a runtime function's arguments sit in another order than the captured aten op's.
-RUNTIME_POSITION = {"embedding": {0: 1, 1: 0}}  # aten.embedding(weight, ids) vs F.embedding(ids, weight)
-# The keyword a runtime function takes an argument by when it is not passed positionally.
-RUNTIME_KEYWORD = {"norm": {2: "weight", 3: "bias"}, "linear": {1: "weight", 2: "bias"},
-                   "conv": {1: "weight", 2: "bias"}, "embedding": {1: "weight"}}
 
 
 def realize(model: nn.Module, plan: Plan, reinit: bool) -> nn.Module:
@@ -124,11 +102,15 @@ def install_edits(model: nn.Module, edits: list) -> None:
             model.get_submodule(edit.module).register_forward_pre_hook(ScaleFirstInput(edit.factor))
         else:
             by_module.setdefault(edit.module, []).append(edit)
+    interceptors = []
     for path, module_edits in by_module.items():
         interceptor = InterceptCalls(module_edits)
         module = model.get_submodule(path)
         module.register_forward_pre_hook(interceptor.enter)
         module.register_forward_hook(interceptor.exit, always_call=True)
+        interceptors.append(interceptor)
+    if interceptors:  # each forward of the model counts its modules' calls from 0
+        model.register_forward_pre_hook(ResetCalls(interceptors))
 
 
 class ScaleFirstInput:
@@ -141,18 +123,35 @@ class ScaleFirstInput:
         return (args[0] * self.factor, *args[1:])
 
 
+class ResetCalls:
+    """Forward pre-hook on the model: a new forward starts every module's call count again."""
+
+    def __init__(self, interceptors: list):
+        self.interceptors = interceptors
+
+    def __call__(self, module, args):
+        for interceptor in self.interceptors:
+            if not interceptor._active:
+                interceptor.calls = 0
+
+
 class InterceptCalls:
-    """Pre/post hooks that keep an `_EditCalls` mode active while one module runs."""
+    """Pre/post hooks that keep an `_EditCalls` mode active while one module runs; the k-th call
+    of the module in a forward gets the edits the plan made for call k."""
 
     def __init__(self, edits: list):
-        self.edits = {}  # (family, occurrence) -> the edits of that call (a weight and its bias, say)
+        self.edits = {}  # (call, family, occurrence) -> the edits of that op (a weight and its bias, say)
         for edit in edits:
-            self.edits.setdefault((edit.family, edit.occurrence), []).append(edit)
+            self.edits.setdefault((edit.call, edit.family, edit.occurrence), []).append(edit)
+        self.calls_per_forward = max((e.calls for e in edits), default=1)
+        self.calls = 0
         self.fired = Counter()
         self._active = []
 
     def enter(self, module, args):
-        mode = _EditCalls(self.edits, self.fired)
+        call = self.calls % self.calls_per_forward
+        self.calls += 1
+        mode = _EditCalls({k[1:]: v for k, v in self.edits.items() if k[0] == call}, self.fired, call)
         mode.__enter__()
         self._active.append(mode)
 
@@ -165,51 +164,41 @@ class InterceptCalls:
 
 
 class _EditCalls(TorchFunctionMode):
-    def __init__(self, edits: dict, fired: Counter):
+    def __init__(self, edits: dict, fired: Counter, call: int):
         super().__init__()
         self.edits = edits
         self.fired = fired
+        self.call = call
         self.counts = Counter()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        family = RUNTIME_FAMILIES.get(func)
-        if func in COMPOSITES:
+        if func in ops.COMPOSITES:
             with self:  # stay active inside, to see the family calls it makes
                 return redispatch_function(func, types, args, kwargs)
-        if family is None:
+        name = ops.RUNTIME.get(func)
+        if name is None:
             return func(*args, **kwargs)
+        family = ops.REGISTRY[name].family
         key = (family, self.counts[family])
         self.counts[family] += 1
         edits = self.edits.get(key)
         if not edits:
             return func(*args, **kwargs)
-        self.fired[key] += 1
+        self.fired[(self.call, *key)] += 1
         for edit in edits:
-            args, kwargs = edit_arguments(edit, args, kwargs)
+            args, kwargs = edit_arguments(edit, func, args, kwargs)
         return func(*args, **kwargs)
 
 
-def edit_arguments(edit: Edit, args, kwargs) -> tuple:
-    """The call's (args, kwargs) with one edit applied."""
-    if edit.apply_to == "scale_kwarg":  # scale is the 7th parameter of scaled_dot_product_attention
-        return args[:6], {**kwargs, "scale": edit.new}
-    operand = RUNTIME_POSITION.get(edit.family, {}).get(edit.operand, edit.operand)
-    if isinstance(operand, int) and operand >= len(args):  # passed by keyword, e.g. F.layer_norm(x, s, weight=w)
-        name = RUNTIME_KEYWORD[edit.family][operand]
-        return args, {**kwargs, name: kwargs[name] * edit.factor}
-    return _scale_operand(args, operand, edit.factor), kwargs
-
-
-def _scale_operand(args, operand, factor):
-    args = list(args)
-    if isinstance(operand, (tuple, list)):  # einsum(equation, *operands) or einsum(equation, [operands])
-        index = operand[1]
-        if len(args) == 2 and isinstance(args[1], (list, tuple)):
-            operands = list(args[1])
-            operands[index] = operands[index] * factor
-            return [args[0], operands]
-        args[1 + index] = args[1 + index] * factor
-        return args
-    args[operand] = args[operand] * factor
-    return args
+def edit_arguments(edit: Edit, func, args, kwargs) -> tuple:
+    """The call's (args, kwargs) with one edit applied, its arguments bound by the op's schema."""
+    slot = ops.REGISTRY[ops.RUNTIME[func]].scale if edit.apply_to == "scale_kwarg" else edit.operand
+    location = ops.call_location(func, args, kwargs, slot)
+    if edit.apply_to == "scale_kwarg":
+        return ops.replace(location, args, kwargs, edit.new) if location else (args, {**kwargs, slot: edit.new})
+    if location is None:
+        raise MuRewriteError(
+            f"the {edit.kind} edit at {edit.module or 'the root module'} expected argument '{slot}' in a call of "
+            f"{getattr(func, '__name__', func)} and found none; please report this model (run with --debug)")
+    return ops.replace(location, args, kwargs, ops.read(location, args, kwargs) * edit.factor)

@@ -17,17 +17,26 @@ import torch
 from torch import fx
 
 from ..plan import Plan
+from . import ops
+from .inline import inline_hops
 
 _MUL = torch.ops.aten.mul.Tensor
 _CLEANUP = re.compile(r";\s+(\w+ = )+None$")
 
 
 def rewrite_graph(module: fx.GraphModule, plan: Plan) -> fx.GraphModule:
+    """Inline no_grad/autocast bodies (the analysis names nodes inside them), then edit."""
+    module = inline_hops(module)
     nodes = {node.name: node for node in module.graph.nodes}
     for edit in plan.edits:
         node = nodes[edit.node]
         if edit.apply_to == "scale_kwarg":
-            node.kwargs = {**node.kwargs, "scale": edit.new}
+            slot = ops.spec(node).scale
+            location = ops.node_location(node, slot)
+            if location is None:
+                node.kwargs = {**node.kwargs, slot: edit.new}
+            else:
+                node.args, node.kwargs = _tupled(ops.replace(location, node.args, node.kwargs, edit.new))
         else:
             _scale_input(module.graph, node, edit.operand, edit.factor)
     module.graph.lint()
@@ -54,13 +63,13 @@ def _readable(code: str) -> list:
     return [_CLEANUP.sub("", line) for line in code.splitlines()]
 
 
-def _scale_input(graph: fx.Graph, node: fx.Node, operand, factor: float) -> None:
-    if isinstance(operand, (tuple, list)):  # aten.einsum(equation, [operands])
-        operands = list(node.args[1])
-        with graph.inserting_before(node):
-            operands[operand[1]] = graph.call_function(_MUL, (operands[operand[1]], factor))
-        node.update_arg(1, operands)
-        return
+def _scale_input(graph: fx.Graph, node: fx.Node, slot: str, factor: float) -> None:
+    location = ops.node_location(node, slot)
     with graph.inserting_before(node):
-        scaled = graph.call_function(_MUL, (node.args[operand], factor))
-    node.update_arg(operand, scaled)
+        scaled = graph.call_function(_MUL, (ops.read(location, node.args, node.kwargs), factor))
+    node.args, node.kwargs = _tupled(ops.replace(location, node.args, node.kwargs, scaled))
+
+
+def _tupled(args_kwargs) -> tuple:
+    args, kwargs = args_kwargs
+    return tuple(args), kwargs

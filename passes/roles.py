@@ -33,7 +33,7 @@ class Use:
     role: str
     fan_in: dict  # width name -> product of contracted sizes (1 when none)
     fan_out: dict  # width name -> operand size / fan_in
-    position: object = None  # where the parameter enters the op
+    position: str | None = None  # the op's argument slot the parameter enters at (see ops)
 
     def fan_in_mult(self, at: str) -> float:
         return self.fan_in[at] / self.fan_in["base"]
@@ -52,12 +52,12 @@ def _uses_of(flow: Dataflow, param_node: str) -> list:
     while stack:
         source = stack.pop()
         for user in sorted(source.users, key=_order(flow)):
-            for position in ops.operand_positions(user, source) or [None]:
-                use = _classify(flow, param_node, source, user, position)
+            for slot in ops.slots_of(user, source) or [None]:
+                use = _classify(flow, param_node, source, user, slot)
                 if use == "follow":
                     stack.append(user)
-                elif use is not None and (use.node, str(position)) not in seen:
-                    seen.add((use.node, str(position)))
+                elif use is not None and (use.node, str(slot)) not in seen:
+                    seen.add((use.node, str(slot)))
                     uses.append(use)
     return sorted(uses, key=lambda u: _order(flow)(flow.fx(u.node)))
 
@@ -67,30 +67,45 @@ def _order(flow: Dataflow):
     return lambda node: index[node.name]
 
 
-def _classify(flow: Dataflow, param_node: str, source: fx.Node, user: fx.Node, position):
-    name = ops.op_name(user)
-    if name in ops.IGNORED_OPS:
+def _classify(flow: Dataflow, param_node: str, source: fx.Node, user: fx.Node, slot):
+    name, kind = ops.op_name(user), ops.kind(user)
+    if kind == ops.IGNORED:
         return None
-    if name in ops.VIEW_OPS or name == "getitem" or _is_scalar_arith(user, name, position):
-        return "follow"
     operand_shape = flow.shape(source.name)
-    if isinstance(operand_shape, list):  # a multi-output node is only read through getitem
-        return "follow"
-    ndim = len(operand_shape.base)
-    contracted = ops.contracted_dims(user, position, ndim)
+    if kind == ops.VIEW or _is_scalar_arith(flow, user, name, slot) or isinstance(operand_shape, list):
+        return "follow"  # a multi-output node is only read through getitem
+    if kind == "pointwise" and _same_shape(operand_shape, flow.shape(user.name)):
+        return "follow"  # W * mask, 1 + gain: the tensor passes through coordinate-wise
+    contracted = None
+    if slot is not None and operand_shape is not None:
+        contracted = ops.contracted_dims(user, slot, len(operand_shape.base))
+        if contracted is None and kind is None:
+            contracted = ops.infer_contraction(user, slot, _shapes_around(flow, user, source))
     if contracted is not None:
         fan_in = {w: math.prod(operand_shape.at(w)[d] for d in contracted) for w in WIDTH_NAMES}
         fan_out = {w: operand_shape.numel(w) // fan_in[w] for w in WIDTH_NAMES}
         role = _contraction_role(fan_in, fan_out)
-    elif name in ops.NORM_OPS or name in ops.PLACEMENT_OPS or ops.is_pointwise(user) or _is_bias_slot(name, position):
+    elif kind is not None and kind != ops.SOFTMAX:
+        # a norm's gain or input, a bias, a pointwise use, the activation side of a contraction:
+        # the tensor acts coordinate-wise
         param_shape = flow.shape(param_node)
         fan_in = dict.fromkeys(WIDTH_NAMES, 1)
         fan_out = {w: param_shape.numel(w) for w in WIDTH_NAMES}
         role = "vector" if param_shape.num_infinite else "scalar"
     else:
         fan_in = fan_out = dict.fromkeys(WIDTH_NAMES, 1)
-        role = "unclassified"
-    return Use(user.name, name, flow.module(user.name), role, fan_in, fan_out, position)
+        role = "unclassified" if flow.shape(param_node).num_infinite else "scalar"
+    return Use(user.name, name, flow.module(user.name), role, fan_in, fan_out, slot)
+
+
+def _shapes_around(flow: Dataflow, user: fx.Node, source: fx.Node) -> dict:
+    others = [flow.shape(a.name) for a in user.all_input_nodes if a is not source]
+    return {"operand": flow.shape(source.name), "output": flow.shape(user.name),
+            "others": [o for o in others if o is not None and not isinstance(o, list)]}
+
+
+def _same_shape(a, b) -> bool:
+    return a is not None and not isinstance(b, list) and b is not None and a.sizes == b.sizes
 
 
 def _contraction_role(fan_in: dict, fan_out: dict) -> str:
@@ -105,14 +120,12 @@ def _contraction_role(fan_in: dict, fan_out: dict) -> str:
     return "scalar"
 
 
-def _is_scalar_arith(user: fx.Node, name: str, position) -> bool:
-    """x * 2.0 or x / c keeps the parameter's identity; x * other_tensor is a use."""
-    if name not in ops.SCALAR_ARITH_OPS or position != 0:
+def _is_scalar_arith(flow: Dataflow, user: fx.Node, name: str, slot) -> bool:
+    """x * 2.0, x / c or x * a one-element tensor keeps the parameter's identity; x * other is a use."""
+    if name not in ops.SCALAR_ARITH or slot != "input":
         return False
-    return not isinstance(user.args[1], fx.Node)
-
-
-def _is_bias_slot(name: str, position) -> bool:
-    return (name == "linear" and position == 2) or (name in ("addmm", "baddbmm") and position == 0) or (
-        name.startswith("conv") and position == 2
-    )
+    other = ops.node_slots(user).get("other")
+    if not isinstance(other, fx.Node):
+        return True
+    shape = flow.shape(other.name)
+    return shape is not None and not isinstance(shape, list) and shape.numel("target") == 1 and not flow.graph.nodes[other.name]["param"]

@@ -84,7 +84,8 @@ def _check_all_fired(model, plan: Plan) -> None:
             if isinstance(owner, InterceptCalls):
                 fired |= {(e.module, k) for k in owner.fired for e in owner.edits[k]}
     for edit in plan.edits:
-        if edit.realized_by == "call_interception" and (edit.module, (edit.family, edit.occurrence)) not in fired:
+        key = (edit.module, (edit.call, edit.family, edit.occurrence))
+        if edit.realized_by == "call_interception" and key not in fired:
             raise VerificationError(
                 f"the {edit.kind} edit at {edit.module or 'the root module'} ({edit.node}) never "
                 "fired while the realized model ran; please report this model (run with --debug)"

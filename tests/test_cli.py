@@ -94,8 +94,16 @@ def test_bad_input_is_one_line_error(capsys, args, expected):
     assert "Traceback" not in err and out == ""
 
 
-def test_unclassifiable_use_warns_and_keeps_sp(capsys):
-    code, out, _ = run_cli(capsys, FIXTURES / "unclassified.py", "--json")
+def test_unclassifiable_use_stops_naming_parameter_op_and_line(capsys):
+    code, out, err = run_cli(capsys, FIXTURES / "unclassified.py", "--json")
+    assert code == EXIT_USER_ERROR and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert "'offsets'" in err and "cumsum" in err and "unknown_ops=sp" in err
+    assert "unclassified.py:15" in err  # the line of the model that calls torch.cumsum
+
+
+def test_unclassifiable_use_kept_in_sp_when_asked(capsys):
+    code, out, _ = run_cli(capsys, FIXTURES / "unclassified.py", "--json", "--option", "unknown_ops=sp")
     plan = json.loads(out)
     assert code == 0
     offsets = plan["parameters"]["offsets"]

@@ -88,7 +88,7 @@ def test_einsum_attention_roles_and_edit():
     for edit in edits:
         assert edit.old == pytest.approx(d_head_base**-0.5 * (d_head / d_head_base) ** -0.5)  # 1/sqrt(d_head)
         assert edit.new == pytest.approx(d_head_base**0.5 / d_head)
-        assert edit.family == "matmul" and edit.operand == ("einsum", 0)
+        assert edit.family == "matmul" and edit.operand == "tensors.0"
 
 
 def test_einsum_attention_matches_a_hand_edit():

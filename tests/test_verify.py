@@ -79,7 +79,7 @@ def test_realized_model_trains_like_the_edited_graph_under_manual_attention():
     module, plan, width = delta_plan("gpt_manual")
     kinds = sorted(e.kind for e in plan.edits)
     assert kinds == ["attention_scale", "attention_scale", "readout_multiplier"]
-    assert all(e.apply_to == "input" and e.operand == 0 for e in plan.edits if e.kind == "attention_scale")
+    assert all(e.apply_to == "input" and e.operand == "input" for e in plan.edits if e.kind == "attention_scale")
     report = verify(module.make_model, module.example_inputs(), plan, width)
     assert report["outputs"] <= 1e-6 and report["gradients"] <= 1e-6
     assert torch.isfinite(torch.tensor(list(report.values()))).all()

@@ -1,0 +1,45 @@
+"""source: point at the line of the user's model code that produced a graph node.
+
+Reads:  `Dataflow` and a node name.
+Writes: nothing; gives ` at FILE:LINE: `code`` for error messages. Graphs are captured without
+        per-node stack traces (a tenth of export's time), so the line is found in the forward of
+        the module that ran the node: the first line there that calls the op by name, else the
+        forward's `def` line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from . import ops
+from .dims import Dataflow
+
+
+def source_line(flow: Dataflow, node: str) -> str:
+    forward = _forward_of(flow.module_type(node))
+    if forward is None:
+        return ""
+    try:
+        lines, first = inspect.getsourcelines(forward)
+        filename = inspect.getsourcefile(forward)
+    except (OSError, TypeError):
+        return ""
+    op = ops.op_name(flow.fx(node)).strip("_")
+    for offset, line in enumerate(lines):
+        if op and (f".{op}(" in line or f" {op}(" in line or f"({op}(" in line):
+            return f" at {filename}:{first + offset}: `{line.strip()}`"
+    return f" (its forward is at {filename}:{first})"
+
+
+def _forward_of(qualified_type: str):
+    module_name, _, class_name = qualified_type.rpartition(".")
+    if not module_name:
+        return None
+    try:
+        owner = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    for part in class_name.split("."):
+        owner = getattr(owner, part, None)
+    return getattr(owner, "forward", None)
