@@ -74,6 +74,7 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
     with _Steps(progress) as step, torch.random.fork_rng(devices=[]):
         analysis = analyse(factory, example_inputs, widths, step)
         plan = analysis.plan(parametrization, options, "target")
+        plan.notes = model_notes(factory, analysis.flow)
         step("rewriting the graph")
         diff = graph_diff(analysis.flow.modules["target"], plan)
         verification = None
@@ -99,6 +100,17 @@ class Analysis:
         plan = decide(self.flow, self.uses, self.sites, self.init, parametrization, options, at)
         plan.warnings = lint(self.flow, self.uses, self.sites, self.init, plan)
         return plan
+
+
+def model_notes(factory, flow: Dataflow) -> list:
+    """What the plan should say about where the model came from and how it was captured."""
+    notes = list(getattr(flow.captures, "notes", []))
+    rule = getattr(factory, "width_rule", None)
+    if rule:
+        scaled = ", ".join(f"{k}={v}" for k, v in rule.get("scaled", {}).items())
+        notes.insert(0, f"width rule ({rule.get('model_type', 'config')}, grow {rule.get('grow', '?')}): "
+                        f"at the target width {scaled}; every other config field is kept")
+    return notes
 
 
 def analyse(factory, example_inputs, widths: Widths, step=lambda description: None) -> Analysis:

@@ -87,6 +87,9 @@ class Plan:
     parameters: dict  # name -> ParamPlan
     edits: list  # [Edit]
     warnings: list  # [PlanWarning]
+    # how the model was obtained and captured: a factory's width rule (Hugging Face configs: which
+    # fields were scaled), the capture mode and any fallback taken — one line each
+    notes: list = field(default_factory=list)
 
     def param(self, name: str) -> ParamPlan | None:
         if name in self.parameters:
@@ -111,6 +114,7 @@ class Plan:
                 parameters={k: ParamPlan(**v) for k, v in data["parameters"].items()},
                 edits=[Edit(**e) for e in data["edits"]],
                 warnings=[PlanWarning(**w) for w in data["warnings"]],
+                notes=list(data.get("notes", [])),
             )
         except (KeyError, TypeError) as exc:
             raise MuRewriteError(f"not a muprewrite plan ({exc}); pass a plan.json written by muprewrite") from exc

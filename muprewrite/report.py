@@ -25,6 +25,8 @@ class Report:
 
     def __rich__(self) -> Group:
         parts = [self._header(), self._parameter_table()]
+        if self.plan.notes:
+            parts.insert(1, Text("\n".join(f"• {note}" for note in self.plan.notes)))
         if self.plan.edits:
             parts.append(self._edit_table())
         if self.plan.warnings:
@@ -49,6 +51,7 @@ class Report:
     def to_markdown(self) -> str:
         plan = self.plan
         lines = [f"# muprewrite report: {plan.parametrization}", "", self._summary(), ""]
+        lines += [f"- {note}" for note in plan.notes] + ([""] if plan.notes else [])
         lines += ["## Parameters", "", "| name | shape (∞ = infinite dim) | role | init std before → after | weight × | LR × Adam | LR × SGD | WD × Adam |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, p in plan.parameters.items():
