@@ -24,9 +24,10 @@ def inline_hops(module: fx.GraphModule) -> fx.GraphModule:
     if not any(_hop_kind(node) for node in module.graph.nodes):
         return module
     graph = fx.Graph()
+    graph.set_codegen(module.graph._codegen)  # keeps ep.module()'s pytree calling convention
     env = {}
     for node in module.graph.nodes:
-        if node.op == "get_attr" and _only_hop_body(node):
+        if node.op == "get_attr" and _is_body(module, node):
             continue
         kind = _hop_kind(node)
         if kind:
@@ -44,8 +45,8 @@ def _hop_kind(node: fx.Node) -> str | None:
     return node.target.__name__ if node.target.__name__ in (_SET_GRAD, _AUTOCAST) else None
 
 
-def _only_hop_body(node: fx.Node) -> bool:
-    return all(_hop_kind(user) for user in node.users)
+def _is_body(module: fx.GraphModule, node: fx.Node) -> bool:
+    return isinstance(getattr(module, node.target, None), fx.GraphModule) and all(_hop_kind(u) for u in node.users)
 
 
 def _inline_body(graph: fx.Graph, module: fx.GraphModule, hop: fx.Node, kind: str, env: dict) -> tuple:
