@@ -34,7 +34,6 @@ the same at every step (the RNG is reseeded before each forward).
 from __future__ import annotations
 
 import copy
-import operator
 import warnings
 
 import torch
@@ -47,6 +46,7 @@ from torch.utils import _pytree as pytree
 from .coordcheck_result import SIDES, CoordCheckResult, make_trace
 from .errors import MuRewriteError
 from .loading import infer_example_inputs
+from .passes import ops
 from .passes.capture import build_model, export_model, split_inputs, to_device
 from .passes.dims import _innermost_module
 from .passes.emit import param_groups
@@ -205,7 +205,7 @@ def _node_info(gm) -> dict:
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
-        op = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        op = ops.op_name(node) or getattr(node.target, "__name__", str(node.target)).split(".")[0]
         if _inserted(node) and node.users:
             module, module_type = _innermost_module(next(iter(node.users)))
             op = f"{op} (muprewrite edit)"
@@ -216,10 +216,6 @@ def _node_info(gm) -> dict:
     return info
 
 
-_MUL_DIV = {torch.ops.aten.mul.Tensor, torch.ops.aten.mul.Scalar, torch.ops.aten.div.Tensor,
-            torch.ops.aten.div.Scalar, operator.mul, operator.truediv}
-
-
 def _inserted(node) -> bool:
     """Nodes `rewrite` inserts carry no export metadata."""
     return "nn_module_stack" not in node.meta and "val" not in node.meta
@@ -227,12 +223,14 @@ def _inserted(node) -> bool:
 
 def _scales_by_constant(user, node) -> bool:
     """`user` is the model's own `node * c`, `c * node` or `node / c` with a Python number c."""
-    if user.op != "call_function" or user.target not in _MUL_DIV or _inserted(user) or len(user.args) != 2:
+    name = ops.op_name(user) if user.op == "call_function" else ""
+    if name not in ops.SCALAR_ARITH or _inserted(user) or len(user.args) != 2:
         return False
-    a, b = user.args
-    if user.target in (torch.ops.aten.div.Tensor, torch.ops.aten.div.Scalar, operator.truediv):
-        return a is node and isinstance(b, (int, float)) and user.kwargs.get("rounding_mode") is None
-    return (a is node and isinstance(b, (int, float))) or (b is node and isinstance(a, (int, float)))
+    slots = ops.node_slots(user)
+    number = lambda slot: isinstance(slots.get(slot), (int, float))  # noqa: E731
+    if name == "div":
+        return slots.get("input") is node and number("other") and slots.get("rounding_mode") is None
+    return (slots.get("input") is node and number("other")) or (slots.get("other") is node and number("input"))
 
 
 class _Recorder(fx.Interpreter):
