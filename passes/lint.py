@@ -86,7 +86,7 @@ def _query_slices(flow, uses, sites, init, plan):
 def _width_dependent_constants(flow, uses, sites, init, plan):
     """A constant multiplier that changes with width outside attention (T5's tied-readout d**-0.5)."""
     attention = {s.node for s in sites}
-    frozen = {e.frozen_constant["node"] for e in plan.edits if e.frozen_constant}
+    frozen = {n for e in plan.edits if e.frozen_constant for n in e.frozen_constant["node"].split(", ")}
     nodes = []
     for name in flow.graph.nodes:
         if name in frozen:
