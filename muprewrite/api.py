@@ -102,6 +102,16 @@ class Analysis:
         return plan
 
 
+def guess_inputs(factory, width: int):
+    """Example inputs read off the model's first layer, built on meta (on the CPU, at this small
+    width, when the model cannot be built on meta)."""
+    try:
+        model = build_model(factory, width, "meta")
+    except MuRewriteError:
+        model = build_model(factory, width, "cpu")
+    return infer_example_inputs(model)
+
+
 def model_notes(factory, flow: Dataflow) -> list:
     """What the plan should say about where the model came from and how it was captured."""
     notes = list(getattr(flow.captures, "notes", []))
@@ -116,7 +126,7 @@ def model_notes(factory, flow: Dataflow) -> list:
 def analyse(factory, example_inputs, widths: Widths, step=lambda description: None) -> Analysis:
     """Run the analysis passes: capture, dims, roles, attention, init scan."""
     step("building example inputs")
-    inputs = example_inputs if example_inputs is not None else infer_example_inputs(build_model(factory, widths.base, "meta"))
+    inputs = example_inputs if example_inputs is not None else guess_inputs(factory, widths.base)
     step("capturing the model at 3 widths")
     flow = analyse_dims(capture(factory, inputs, widths))
     step("classifying roles and attention")

@@ -45,7 +45,6 @@ from torch.utils import _pytree as pytree
 
 from .coordcheck_result import SIDES, CoordCheckResult, make_trace
 from .errors import MuRewriteError
-from .loading import infer_example_inputs
 from .passes import ops
 from .passes.capture import build_model, export_model, split_inputs, to_device
 from .passes.dims import _innermost_module
@@ -85,7 +84,7 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
     `plan_transform(plan) -> plan` edits each width's plan before it is applied (to see what a
     wrong rule does).
     """
-    from .api import apply_plan, mupify  # api imports the passes; keep this module importable on its own
+    from .api import apply_plan, guess_inputs, mupify  # api imports the passes; keep this module importable on its own
 
     widths = _check_widths(base, widths, multipliers)
     if optimizer not in OPTIMIZERS:
@@ -97,7 +96,7 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
     lr = DEFAULT_LR[optimizer] if lr is None else float(lr)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if example_inputs is None:
-        example_inputs = infer_example_inputs(build_model(factory, base, "meta"))
+        example_inputs = guess_inputs(factory, base)
     inputs = to_device(example_inputs, device)
     sides = SIDES if compare_sp else ("mup",)
     seed_list = [seed + k for k in range(seeds)]

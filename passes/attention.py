@@ -78,34 +78,45 @@ def hidden_logit_paths(flow: Dataflow) -> list:
 
 
 def _transparent(flow: Dataflow, name: str) -> bool:
-    return ops.kind(flow.fx(name)) in (ops.VIEW, "pointwise")
+    return ops.kind(flow.fx(name)) in (ops.VIEW, ops.POINTWISE)
+
+
+def _logit_input(flow: Dataflow, softmax: str) -> str | None:
+    start = ops.node_slots(flow.fx(softmax)).get("input")
+    return start.name if isinstance(start, fx.Node) else None
 
 
 def _logit_region(flow: Dataflow, softmax: str) -> set:
-    """The softmax's input and the nodes it is computed from through pointwise ops and views."""
-    start = ops.node_slots(flow.fx(softmax)).get("input")
-    if not isinstance(start, fx.Node):
+    """The softmax's input and what it is computed from through pointwise ops and views (empty
+    when the input itself is neither)."""
+    start = _logit_input(flow, softmax)
+    if start is None or not _transparent(flow, start):
         return set()
-    transparent = nx.subgraph_view(flow.graph, filter_node=lambda n: n == start.name or _transparent(flow, n))
-    return nx.ancestors(transparent, start.name) | {start.name} if _transparent(flow, start.name) else {start.name}
+    transparent = nx.subgraph_view(flow.graph, filter_node=lambda n: _transparent(flow, n))
+    return nx.ancestors(transparent, start) | {start}
 
 
 def _qk_contractions(flow: Dataflow, softmax: str):
     """Yield (q·k contraction, path of node names from it to the softmax)."""
+    start = _logit_input(flow, softmax)
+    if start is not None and _is_qk(flow, start):
+        yield start, [start, softmax]
+        return
     region = _logit_region(flow, softmax)
-    candidates = [n for n in region if _is_qk(flow, n)]
-    candidates += sorted({p for n in region for p in flow.graph.predecessors(n)
-                          if p not in region and _is_qk(flow, p)})
-    for contraction in sorted(set(candidates), key=_graph_order(flow)):
+    candidates = {p for n in region for p in flow.graph.predecessors(n) if p not in region and _is_qk(flow, p)}
+    for contraction in sorted(candidates, key=_graph_order(flow)):
         on_path = nx.subgraph_view(flow.graph, filter_node=lambda n: n in region or n in (contraction, softmax))
         yield contraction, nx.shortest_path(on_path, contraction, softmax)
 
 
 def _contractions_past_unknown_ops(flow: Dataflow, softmax: str):
     """Yield (contraction, unknown op) for parameter-free contractions behind an unknown op."""
+    start = _logit_input(flow, softmax)
     region = _logit_region(flow, softmax)
     blockers = {p for n in region for p in flow.graph.predecessors(n)
                 if p not in region and ops.kind(flow.fx(p)) is None}
+    if start is not None and not region and ops.kind(flow.fx(start)) is None:
+        blockers.add(start)  # the softmax's input itself
     for blocker in sorted(blockers, key=_graph_order(flow)):
         frontier, seen = [blocker], set()
         while frontier:

@@ -61,7 +61,7 @@ def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization:
         _refuse_hidden_logits(flow)
     zeroed = _zero_init_slices(uses, sites, options, at)
     gains = norm_gains(flow, uses)
-    parameters, edits = {}, []
+    parameters, edits, placed = {}, [], set()
     for name, node in flow.parameters().items():
         param_uses = uses.get(name, [])
         plan = _param_plan(flow, node, name, param_uses, init[name], parametrization, options, at)
@@ -70,7 +70,7 @@ def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization:
             plan.trainable = False
             plan.fill = 1.0 if options["norm_gains"] == "removed" else None
         parameters[name] = plan
-        edits += _readout_edits(flow, name, param_uses, parametrization, options, at)
+        edits += _readout_edits(flow, name, param_uses, parametrization, options, at, placed)
         edits += _weight_multiplier_edits(flow, name, param_uses, plan.weight_multiplier, parametrization)
     edits += _attention_edits(flow, sites, parametrization, options, at)
     widths = flow.widths
@@ -133,7 +133,7 @@ def _is_normalised(node: fx.Node, depth: int = 6) -> bool:
         name = ops.op_name(current)
         if name in _NORMALIZING or (ops.spec(name) is not None and ops.spec(name).kind == ops.NORM):
             return True
-        if level < depth and (ops.kind(current) in ("pointwise", ops.VIEW) or name in ("mean", "sum")):
+        if level < depth and (ops.kind(current) in (ops.POINTWISE, ops.VIEW) or name in ("mean", "sum")):
             frontier += [(arg, level + 1) for arg in current.all_input_nodes]
     return False
 
@@ -192,7 +192,10 @@ def _use_record(use, at) -> dict:
             "fan_in_mult": use.fan_in_mult(at), "fan_out_mult": use.fan_out_mult(at)}
 
 
-def _readout_edits(flow, name, param_uses, parametrization, options, at) -> list:
+def _readout_edits(flow, name, param_uses, parametrization, options, at, placed: set) -> list:
+    """A multiplier on the activation of each readout use; `placed` holds the (node, operand)
+    pairs already edited, since a readout whose weight is built from several parameters
+    (`F.linear(h, torch.cat([w1, w2]))`) needs its multiplier once."""
     edits = []
     for use in param_uses:
         if use.role != "output":
@@ -210,16 +213,17 @@ def _readout_edits(flow, name, param_uses, parametrization, options, at) -> list
             frozen = _width_constants_around(flow, name, use, operand, at)
         if frozen:
             factor *= frozen.pop("correction")
-        if factor == 1.0:
+        if factor == 1.0 or (use.node, operand) in placed:
             continue
+        placed.add((use.node, operand))
         owners = {n.rpartition(".")[0] for n in [name, *flow.captures.aliases.get(name, [])]}
+        calls = _occurrence(flow, use.node, use.module, ops.family(use.op))
         hookable = (use.op == "linear" and operand == "input" and flow.module_type(use.node) in _HOOKABLE_LINEARS
-                    and use.module in owners)
+                    and use.module in owners and calls["calls"] == 1)  # a hook fires at every call
         edits.append(Edit(
             kind="readout_multiplier", module=use.module, node=use.node, old=1.0, new=factor,
             realized_by="forward_pre_hook" if hookable else "call_interception", family=ops.family(use.op),
-            **_occurrence(flow, use.node, use.module, ops.family(use.op)), apply_to="input",
-            operand=operand, param=name, frozen_constant=frozen,
+            **calls, apply_to="input", operand=operand, param=name, frozen_constant=frozen,
         ))
     return edits
 
@@ -234,7 +238,7 @@ def _width_constants_around(flow, name, use, operand: str, at: str) -> dict | No
     unknown = [n for n, base, now in found if base is None]
     if unknown:
         raise MuRewriteError(
-            f"the readout '{name}' in {_where(flow, use.node, use.module)} is multiplied by the tensor "
+            f"the readout '{name}' in {_where(flow, unknown[0], flow.module(unknown[0]))} is multiplied by the tensor "
             f"{unknown[0]}, whose value muprewrite cannot read: if it changes with width, muP's 1/m would "
             "come on top of it; make it a Python float, or pass --option width_constants=keep")
     changing = [(n, base, now) for n, base, now in found if base != now]

@@ -28,6 +28,7 @@ NORM = "norm"  # normalizes its input over the width; may carry a gain and a bia
 SDPA = "sdpa"  # fused attention, scale in an argument
 SOFTMAX = "softmax"
 VIEW = "view"  # moves, copies, selects or places coordinates without mixing them
+POINTWISE = "pointwise"  # coordinate by coordinate (also what torch tags pointwise)
 IGNORED = "ignored"  # no tensor flows through (assertions, sizes)
 
 
@@ -103,7 +104,7 @@ REGISTRY = {
     "einsum": OpSpec(CONTRACTION, "matmul", (torch.einsum,), query="tensors.0"),  # dims from the equation
     # stacked experts: input [tokens, in] x weight [experts, in, out] (transformers' fallback op, torch's own)
     "grouped_mm_fallback": OpSpec(CONTRACTION, None, (), {"weight": _second_last_or_first}, {"weight": "input"}),
-    "_grouped_mm": OpSpec(CONTRACTION, None, (), {"mat_b": _second_last_or_first}, {"mat_b": "mat_a"}),
+    "_grouped_mm": OpSpec(CONTRACTION, None, (), {"mat2": _second_last_or_first}, {"mat2": "input"}),
     **_CONV,
     "convolution": OpSpec(CONTRACTION, "conv", (), {"weight": _conv_weight(False)}, {"weight": "input"}, ("bias",)),
     "embedding": OpSpec(LOOKUP, "embedding", (F.embedding,), {"weight": _fixed(0)}),
@@ -125,6 +126,8 @@ REGISTRY = {
                                            scale="scale"),
     **dict.fromkeys(("softmax", "_softmax", "_safe_softmax"), OpSpec(SOFTMAX)),
     **dict.fromkeys(_VIEWS, OpSpec(VIEW)),
+    # pointwise, though some overloads carry no pointwise tag (masked_fill.Tensor, masked_fill_)
+    **dict.fromkeys(("masked_fill", "triu", "tril"), OpSpec(POINTWISE)),
     **dict.fromkeys(("sym_size", "_assert_tensor_metadata", "_assert_scalar", "sym_numel", "output",
                      "_set_grad_enabled", "_enter_autocast", "_exit_autocast"), OpSpec(IGNORED)),
 }
@@ -156,7 +159,7 @@ def kind(node: fx.Node) -> str | None:
     found = spec(node)
     if found is not None:
         return found.kind
-    return "pointwise" if is_pointwise(node) else None
+    return POINTWISE if is_pointwise(node) else None
 
 
 def family(name: str) -> str | None:

@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..errors import VerificationError
 from ..plan import Plan
-from .capture import build_model, export_model, split_inputs
+from .capture import build_model, export_with_fallbacks, split_inputs
 from .realize import InterceptCalls, realize
 from .rewrite import rewrite_graph
 
@@ -27,11 +27,12 @@ def verify(factory, inputs, plan: Plan, width: int, realize_fn=realize) -> dict:
     """Return {"outputs": max |diff|, "gradients": max |diff|} or raise VerificationError."""
     torch.manual_seed(0)
     realized = realize_fn(build_model(factory, width), plan, reinit=True)
-    oracle = rewrite_graph(export_model(build_model(factory, width), inputs, "cpu").module(), plan)
+    exported = export_with_fallbacks(build_model(factory, width), inputs, "cpu")
+    oracle = rewrite_graph(exported.program.module(), plan)
     oracle.load_state_dict(realized.state_dict())
     for name, param in oracle.named_parameters():  # frozen stays frozen on both sides
         param.requires_grad_(realized.get_parameter(name).requires_grad)
-    realized.train()
+    realized.train(exported.mode == "train")  # the mode the graph could be captured in
     got, got_grads = _run(realized, inputs)
     want, want_grads = _run(oracle, inputs)
     differences = {

@@ -82,6 +82,7 @@ def test_keyword_example_inputs_and_dict_outputs(capsys):
         ([FIXTURES / "data_dependent.py"], "in module '(root)' (Branchy), at {}:15: `if h.sum() > 0:".format(
             FIXTURES / "data_dependent.py")),
         ([FIXTURES / "factory_fails.py"], "width must be a multiple of 32"),
+        ([FIXTURES / "expert_hit_loop.py"], "the number of loop iterations depends on tensor values"),
         ([ROOT / "examples" / "mlp.py", "--base", "64", "--delta", "64"], "delta width must differ"),
         ([FIXTURES / "ignores_width.py", "--base", "0"], "positive integer"),
     ],
