@@ -21,7 +21,7 @@ ROLE_STYLES = {"hidden": "cyan", "input": "green", "output": "magenta", "vector"
 class Report:
     plan: Plan
     code_diff: str = ""
-    verification: dict | None = None  # {"width", "outputs", "gradients"} max abs differences
+    verification: dict | None = None  # {"width", "outputs", "gradients", "baseline"} max abs differences
 
     def __rich__(self) -> Group:
         parts = [self._header(), self._parameter_table()]
@@ -80,6 +80,11 @@ class Report:
             v = self.verification
             text += (f" Verified at width {v['width']}: realized model == edited graph "
                      f"(max |diff| outputs {v['outputs']:.2g}, gradients {v['gradients']:.2g}).")
+            noise = v.get("baseline", {})
+            if max(noise.values(), default=0.0) > 1e-6:
+                text += (f" The model's own graph differs from its eager forward by {noise['outputs']:.2g} (outputs) "
+                         f"/ {noise['gradients']:.2g} (gradients) with no edit at all, so the edits were judged "
+                         "against that distance.")
         return text
 
     def _header(self) -> Panel:

@@ -5,6 +5,7 @@ import importlib
 
 import pytest
 import torch
+from torch import nn
 
 import muprewrite
 from muprewrite import VerificationError
@@ -28,7 +29,8 @@ def tied_gpt():
 
 def test_correct_realization_verifies(tied_gpt):
     module, plan, width = tied_gpt
-    assert verify(module.make_model, module.example_inputs(), plan, width) == {"outputs": 0.0, "gradients": 0.0}
+    assert verify(module.make_model, module.example_inputs(), plan, width) == {
+        "outputs": 0.0, "gradients": 0.0, "baseline": {"outputs": 0.0, "gradients": 0.0}}
 
 
 def test_dropped_hook_is_caught():
@@ -82,7 +84,7 @@ def test_realized_model_trains_like_the_edited_graph_under_manual_attention():
     assert all(e.apply_to == "input" and e.operand == "input" for e in plan.edits if e.kind == "attention_scale")
     report = verify(module.make_model, module.example_inputs(), plan, width)
     assert report["outputs"] <= 1e-6 and report["gradients"] <= 1e-6
-    assert torch.isfinite(torch.tensor(list(report.values()))).all()
+    assert torch.isfinite(torch.tensor([report["outputs"], report["gradients"]])).all()
 
 
 def test_inference_fast_path_does_not_skip_the_attention_edit(monkeypatch):
@@ -99,3 +101,37 @@ def test_inference_fast_path_does_not_skip_the_attention_edit(monkeypatch):
         inference = model(tokens)
     assert fast_calls == []
     torch.testing.assert_close(inference, model(tokens).detach(), rtol=0, atol=0)
+
+
+class EagerOnlyNoise(nn.Module):
+    """A model whose eager forward adds a perturbation its exported graph does not have (as a
+    nondeterministic kernel or an untraced side computation would): graph != eager, no edit needed."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.inp, self.hidden, self.out = nn.Linear(8, width), nn.Linear(width, width), nn.Linear(width, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.hidden(self.inp(x)))
+        if not torch.compiler.is_exporting():
+            h = h + 1e-3 * torch.sin(1e3 * h)
+        return self.out(h)
+
+
+def test_a_model_whose_graph_differs_from_eager_is_judged_against_that_baseline():
+    widths = Widths(32, 64, 128)
+    inputs = (torch.randn(4, 8),)
+    plan = analyse(EagerOnlyNoise, inputs, widths).plan(at="delta")
+    report = verify(EagerOnlyNoise, inputs, plan, widths.delta)
+    assert report["baseline"]["outputs"] > 1e-4  # the model's own graph is off, with no edit at all
+    assert report["outputs"] <= 4 * report["baseline"]["outputs"] + 1e-5
+
+
+def test_a_misplaced_edit_is_caught_even_above_the_baseline():
+    widths = Widths(32, 64, 128)
+    inputs = (torch.randn(4, 8),)
+    plan = analyse(EagerOnlyNoise, inputs, widths).plan(at="delta")
+    (readout,) = [e for e in plan.edits if e.kind == "readout_multiplier"]
+    wrong = dataclasses.replace(plan, edits=[dataclasses.replace(readout, new=readout.new * 3)])
+    with pytest.raises(VerificationError, match="more than the .* by which the model's own graph differs"):
+        verify(EagerOnlyNoise, inputs, wrong, widths.delta, realize_fn=lambda m, p, reinit: realize(m, plan, reinit))
