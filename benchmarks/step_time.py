@@ -37,6 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import muprewrite  # noqa: E402
 from _common import interleaved_times, paired_ratios  # noqa: E402
+from muprewrite.passes.realize import interceptors as muprewrite_interceptors  # noqa: E402
 from nanogpt import GPT, GPTConfig  # noqa: E402
 
 RATIO_TARGET = 1.03
@@ -58,18 +59,6 @@ def step(model, idx, targets) -> float:
     loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
     loss.backward()
     return time.perf_counter() - start
-
-
-def _interceptors(model):
-    from muprewrite.passes.realize import InterceptCalls
-
-    seen = {}
-    for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
-            owner = getattr(hook, "__self__", None)
-            if isinstance(owner, InterceptCalls):
-                seen[id(owner)] = owner
-    return list(seen.values())
 
 
 def time_pair(args, original, candidate, idx, targets) -> dict:
@@ -109,7 +98,7 @@ def run_variant(args, attention: str, tied: bool) -> tuple:
     for e in result.plan.edits:
         key = f"{e.kind} [{e.realized_by}" + (" on the root module]" if e.module == "" else "]")
         edits[key] = edits.get(key, 0) + 1
-    interceptors = _interceptors(rewritten)
+    interceptors = muprewrite_interceptors(rewritten)
     fired = sum(1 for o in interceptors for k in o.edits if o.fired[k] > 0)
     total_intercepted = sum(len(o.edits) for o in interceptors)
     row.update({"variant": f"{attention}{', tied' if tied else ''}", "attention": attention, "tied": tied,

@@ -7,10 +7,12 @@ Writes: the same module (same class, hierarchy, parameters and state_dict keys) 
           after/before, any other one only in its deviation from its mean, so the init family
           is kept (at base width the ratio is exactly 1 and nothing is touched);
         * readout multipliers on an `nn.Linear` as a forward pre-hook scaling its input;
-        * every other use-site edit by scoped call interception: while the owning module runs,
-          a TorchFunctionMode counts calls of the op's family (linear, matmul, sdpa, embedding,
-          norm, conv) and edits the plan's occurrence — exact, and blind to how the forward is
-          written;
+        * every other use-site edit by scoped call interception: the owning module's `forward`
+          is replaced (an instance attribute, so no caller can reach the old one: `__call__`,
+          `checkpoint(module.forward, x)`, HF's gradient-checkpointing layers, compile) by one
+          that keeps a TorchFunctionMode active which counts calls of the op's family (linear,
+          matmul, sdpa, embedding, norm, conv) and edits the plan's occurrence of the plan's
+          call of the module — exact, and blind to how the forward is written;
         * frozen parameters (requires_grad False) and removed gains (set to their constant).
         Hooks are small picklable objects, so `torch.save`, deepcopy and DDP keep working.
 """
@@ -102,15 +104,28 @@ def install_edits(model: nn.Module, edits: list) -> None:
             model.get_submodule(edit.module).register_forward_pre_hook(ScaleFirstInput(edit.factor))
         else:
             by_module.setdefault(edit.module, []).append(edit)
-    interceptors = []
+    installed = []
     for path, module_edits in by_module.items():
-        interceptor = InterceptCalls(module_edits)
         module = model.get_submodule(path)
-        module.register_forward_pre_hook(interceptor.enter)
-        module.register_forward_hook(interceptor.exit, always_call=True)
-        interceptors.append(interceptor)
-    if interceptors:  # each forward of the model counts its modules' calls from 0
-        model.register_forward_pre_hook(ResetCalls(interceptors))
+        if isinstance(module.__dict__.get("forward"), InterceptCalls):
+            raise MuRewriteError(f"module '{path}' already has muprewrite edits; apply a plan to a fresh model")
+        interceptor = InterceptCalls(module, module_edits)
+        module.forward = interceptor  # wherever this forward runs: __call__, checkpoint(m.forward), compile
+        # fused fast paths that would skip this forward (nn.TransformerEncoderLayer's inference
+        # kernel) are not taken while any submodule has a hook
+        module.register_forward_pre_hook(_disable_fused_paths)
+        installed.append(interceptor)
+    if installed:  # each forward of the model counts its modules' calls from 0
+        model.register_forward_pre_hook(ResetCalls(installed))
+
+
+def interceptors(model: nn.Module) -> list:
+    """The call interceptors installed on `model`'s modules."""
+    return [m.__dict__["forward"] for m in model.modules() if isinstance(m.__dict__.get("forward"), InterceptCalls)]
+
+
+def _disable_fused_paths(module, args):
+    return None
 
 
 class ScaleFirstInput:
@@ -126,41 +141,40 @@ class ScaleFirstInput:
 class ResetCalls:
     """Forward pre-hook on the model: a new forward starts every module's call count again."""
 
-    def __init__(self, interceptors: list):
-        self.interceptors = interceptors
+    def __init__(self, installed: list):
+        self.installed = installed
 
     def __call__(self, module, args):
-        for interceptor in self.interceptors:
-            if not interceptor._active:
+        for interceptor in self.installed:
+            if not interceptor.depth:
                 interceptor.calls = 0
 
 
 class InterceptCalls:
-    """Pre/post hooks that keep an `_EditCalls` mode active while one module runs; the k-th call
-    of the module in a forward gets the edits the plan made for call k."""
+    """Replaces one module's `forward` (as an instance attribute, so it runs however the forward
+    is reached: the module's call, `checkpoint(module.forward, ...)`, a wrapper calling it) and
+    keeps an `_EditCalls` mode active while it runs; the k-th call of the module in a forward gets
+    the edits the plan made for call k."""
 
-    def __init__(self, edits: list):
+    def __init__(self, module: nn.Module, edits: list):
+        self.module = module
         self.edits = {}  # (call, family, occurrence) -> the edits of that op (a weight and its bias, say)
         for edit in edits:
             self.edits.setdefault((edit.call, edit.family, edit.occurrence), []).append(edit)
         self.calls_per_forward = max((e.calls for e in edits), default=1)
         self.calls = 0
+        self.depth = 0
         self.fired = Counter()
-        self._active = []
 
-    def enter(self, module, args):
+    def __call__(self, *args, **kwargs):
         call = self.calls % self.calls_per_forward
         self.calls += 1
-        mode = _EditCalls({k[1:]: v for k, v in self.edits.items() if k[0] == call}, self.fired, call)
-        mode.__enter__()
-        self._active.append(mode)
-
-    def exit(self, module, args, output):
-        if self._active:
-            self._active.pop().__exit__(None, None, None)
-
-    def __getstate__(self):
-        return {**self.__dict__, "_active": []}
+        self.depth += 1
+        try:
+            with _EditCalls({k[1:]: v for k, v in self.edits.items() if k[0] == call}, self.fired, call):
+                return type(self.module).forward(self.module, *args, **kwargs)
+        finally:
+            self.depth -= 1
 
 
 class _EditCalls(TorchFunctionMode):

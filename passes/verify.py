@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_leaves
 from ..errors import VerificationError
 from ..plan import Plan
 from .capture import build_model, export_with_fallbacks, split_inputs
-from .realize import InterceptCalls, realize
+from .realize import interceptors, realize
 from .rewrite import rewrite_graph
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -107,17 +107,17 @@ def _mismatch(what: str, key: str, diff: float, noise: float) -> str:
         return (f"{what} {key} of the realized model differs from the edited graph by up to {diff:.3g}, more "
                 f"than the {noise:.3g} by which the model's own graph differs from its eager forward with no "
                 "edit: an edit was realized in the wrong place; please report this model (run with --debug)")
+    if what.startswith("gradient"):  # the outputs agreed: a recomputation ran without the edit
+        return (f"{what} {key} of the realized model differs from the edited graph by up to {diff:.3g} while "
+                "the outputs agree: part of the forward is recomputed for backward outside the module that "
+                "owns an edit (activation checkpointing of a bare function or forward?); checkpoint the "
+                "module's call instead, or report this model (run with --debug)")
     return (f"{what} {key} of the realized model differs from the edited graph by up to {diff:.3g}: an edit "
             "was realized in the wrong place; please report this model (run with --debug)")
 
 
 def _check_all_fired(model, plan: Plan) -> None:
-    fired = set()
-    for module in model.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            owner = getattr(hook, "__self__", None)
-            if isinstance(owner, InterceptCalls):
-                fired |= {(e.module, k) for k in owner.fired for e in owner.edits[k]}
+    fired = {(owner.edits[k][0].module, k) for owner in interceptors(model) for k in owner.fired}
     for edit in plan.edits:
         key = (edit.module, (edit.call, edit.family, edit.occurrence))
         if edit.realized_by == "call_interception" and key not in fired:

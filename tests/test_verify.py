@@ -1,10 +1,12 @@
 """The verify pass catches realizations that put an edit in the wrong place or drop it."""
 
+import copy
 import dataclasses
 import importlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import muprewrite
@@ -135,3 +137,67 @@ def test_a_misplaced_edit_is_caught_even_above_the_baseline():
     wrong = dataclasses.replace(plan, edits=[dataclasses.replace(readout, new=readout.new * 3)])
     with pytest.raises(VerificationError, match="more than the .* by which the model's own graph differs"):
         verify(EagerOnlyNoise, inputs, wrong, widths.delta, realize_fn=lambda m, p, reinit: realize(m, plan, reinit))
+
+
+class CheckpointedForward(nn.Module):
+    """A GPT-like block whose attention can be run as `checkpoint(self.attn.forward, x)`: then
+    the module's call (and its hooks) never runs, only its forward — when training turns
+    checkpointing on, after the model was compiled without it."""
+
+    def __init__(self, width, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.inp, self.qkv, self.out = nn.Linear(8, width), nn.Linear(width, 3 * width), nn.Linear(width, 3)
+        self.attn = _SdpaAttention(heads)
+        self.use_checkpoint = False
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.inp(x)).chunk(3, -1)
+        if self.use_checkpoint:
+            h = torch.utils.checkpoint.checkpoint(self.attn.forward, q, k, v, use_reentrant=False)
+        else:
+            h = self.attn(q, k, v)
+        return self.out(h)
+
+
+class _SdpaAttention(nn.Module):
+    def __init__(self, heads):
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, q, k, v):
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
+
+
+def test_checkpointing_a_modules_forward_keeps_its_edits():
+    inputs = (torch.randn(2, 5, 8),)
+    result = muprewrite.mupify(CheckpointedForward, base=32, target=128, example_inputs=inputs)
+    assert [e.kind for e in result.plan.edits if e.module == "attn"] == ["attention_scale"]
+    plain = result.model
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.use_checkpoint = True
+    grads = []
+    for model in (checkpointed, plain):
+        model(*inputs).square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-6, atol=1e-7)
+    unedited = CheckpointedForward(128)
+    unedited.load_state_dict(checkpointed.state_dict())
+    unedited(*inputs).square().sum().backward()
+    assert not torch.allclose(unedited.qkv.weight.grad, grads[1]["qkv.weight"])  # the edit matters here
+
+
+class AlwaysCheckpointed(CheckpointedForward):
+    """Checkpointed while compiled too: export sees the attention under the root module, and
+    backward recomputes it outside the root's forward, where no edit can reach it."""
+
+    def __init__(self, width):
+        super().__init__(width)
+        self.use_checkpoint = True
+
+
+def test_a_recomputation_outside_the_edits_scope_fails_loudly():
+    with pytest.raises(VerificationError, match="recomputed for backward outside the module"):
+        muprewrite.mupify(AlwaysCheckpointed, base=32, target=128, example_inputs=(torch.randn(2, 5, 8),))
