@@ -27,11 +27,11 @@ def param_groups(model: nn.Module, plan: Plan, lr: float, weight_decay: float = 
     if optimizer not in OPTIMIZER_FAMILIES:
         raise MuRewriteError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZER_FAMILIES)}")
     family = OPTIMIZER_FAMILIES[optimizer]
-    groups = {}
+    groups, prefix = {}, []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        entry = _entry(plan, name)
+        entry = _entry(plan, name, prefix)
         lr_mult, wd_mult = entry.lr_mult[family], entry.wd_mult[family]
         key = (lr * lr_mult, weight_decay * wd_mult, None if eps is None else eps * entry.eps_mult)
         group = groups.setdefault(key, {"params": [], "lr": key[0], "weight_decay": key[1], "names": []})
@@ -42,18 +42,32 @@ def param_groups(model: nn.Module, plan: Plan, lr: float, weight_decay: float = 
     return list(groups.values())
 
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / FSDP and torch.compile wrappers
+# components that wrappers add to parameter names: DDP/FSDP1 ("module", "_fsdp_wrapped_module"),
+# torch.compile ("_orig_mod"), activation checkpointing ("_checkpoint_wrapped_module")
+WRAPPER_PARTS = ("module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 
 
-def _entry(plan: Plan, name: str):
-    """The plan's entry for a parameter, seen through DDP and torch.compile wrappers."""
-    entry = plan.param(name)
-    while entry is None and name.startswith(WRAPPER_PREFIXES):
-        name = name.split(".", 1)[1]
-        entry = plan.param(name)
-    if entry is None:
-        raise MuRewriteError(f"parameter '{name}' is not in the plan; pass the model the plan was made for")
-    return entry
+def _entry(plan: Plan, name: str, prefix: list):
+    """The plan's entry for a parameter seen through wrappers and inside a parent module (a
+    LightningModule's `self.model`): wrapper components are dropped, then the one leading path
+    (`prefix`, shared by every parameter of the model, found at the first match) is."""
+    parts = [p for p in name.split(".") if p not in WRAPPER_PARTS]
+    for candidate in (name.split("."), parts):
+        entry = plan.param(".".join(candidate))
+        if entry is not None and not prefix:
+            return entry
+    if prefix and parts[:len(prefix[0])] == prefix[0]:
+        entry = plan.param(".".join(parts[len(prefix[0]):]))
+        if entry is not None:
+            return entry
+    if not prefix:
+        for drop in range(1, len(parts)):
+            entry = plan.param(".".join(parts[drop:]))
+            if entry is not None:
+                prefix.append(parts[:drop])
+                return entry
+    raise MuRewriteError(f"parameter '{name}' is not in the plan; pass the model the plan was made for "
+                         "(or the module holding it)")
 
 
 def write_artifacts(plan: Plan, report, out_dir) -> list:
