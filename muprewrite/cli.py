@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -10,6 +11,7 @@ from rich.console import Console
 
 from .api import mupify
 from .errors import MuRewriteError
+from .hf import GROWS
 from .loading import load_model_file
 from .rules import PARAMETRIZATIONS
 
@@ -30,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--delta", type=int, help="second small width that tells which dims grow (default: 2 x base)")
     parser.add_argument("--target", type=int, help="target width (default: TARGET_WIDTH in the model file)")
     parser.add_argument("--parametrization", choices=PARAMETRIZATIONS, default="mup")
+    parser.add_argument("--grow", choices=GROWS, help="hf: models only: what grows with width, head_dim (the "
+                        "default: head counts fixed) or heads (head sizes fixed)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a rewrite option, repeatable: alpha_out=2.0, zero_init_readout=true, "
                         "zero_init_query=true, norm_gains=frozen, weight_decay=coupled, attention_scale=sp, "
@@ -66,23 +70,29 @@ def guarded(run_command, args) -> int:
 
 
 def run(args) -> int:
-    factory, module = load_model_file(args.model)
+    # With --json, stdout carries the plan only: whatever the model's own code prints goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = compile_model(args)
+        paths = result.save(args.out) if args.out else []
+    if args.json:
+        print(result.plan.to_json())
+        return 0
+    Console().print(result.report)
+    if paths:
+        Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def compile_model(args):
+    """Load the model file (or hf: model) and run mupify with the command line's settings."""
+    factory, module = load_model_file(args.model, args.grow)
     base = _width(args.base, module, "BASE_WIDTH", "--base")
     target = _width(args.target, module, "TARGET_WIDTH", "--target")
     inputs = _example_inputs(module)
-    result = mupify(factory, base=base, delta=args.delta, target=target, example_inputs=inputs,
-                    parametrization=args.parametrization, options=parse_options(args.option),
-                    verify_width=not args.no_verify,
-                    materialize=False, progress=not args.json and sys.stderr.isatty())
-    if args.json:
-        print(result.plan.to_json())
-    else:
-        Console().print(result.report)
-    if args.out:
-        paths = result.save(args.out)
-        if not args.json:
-            Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}")
-    return 0
+    return mupify(factory, base=base, delta=args.delta, target=target, example_inputs=inputs,
+                  parametrization=args.parametrization, options=parse_options(args.option),
+                  verify_width=not args.no_verify,
+                  materialize=False, progress=not args.json and sys.stderr.isatty())
 
 
 def parse_options(pairs: list) -> dict | None:

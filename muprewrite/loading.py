@@ -16,14 +16,18 @@ from .errors import MuRewriteError
 DEFAULT_FACTORY = "make_model"
 
 
-def load_model_file(spec: str) -> tuple:
+def load_model_file(spec: str, grow: str | None = None) -> tuple:
     """'path/model.py[:factory]' -> (factory, module), loaded as `python path/model.py` would.
 
-    'hf:TYPE' or 'hf:config.json' gives a Hugging Face factory (see muprewrite.hf); its module
-    stands in with BASE_WIDTH, TARGET_WIDTH and example_inputs().
+    'hf:TYPE', 'hf:config.json' or 'hf:FOLDER' gives a Hugging Face factory (see muprewrite.hf)
+    growing head sizes or, with grow="heads", head counts; its module stands in with BASE_WIDTH,
+    DELTA_WIDTH, TARGET_WIDTH and example_inputs().
     """
     if spec.startswith("hf:"):
-        return _hf_model(spec[3:])
+        return _hf_model(spec[3:], grow or "head_dim")
+    if grow is not None:
+        raise MuRewriteError(f"--grow applies to Hugging Face models (hf:TYPE or hf:config.json), not to {spec}; "
+                             "drop it, or make your factory grow what it should")
     path_text, _, factory_name = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
     path = Path(path_text)
     if not path.is_file():
@@ -41,13 +45,18 @@ def load_model_file(spec: str) -> tuple:
     return factory, module
 
 
-def _hf_model(name: str) -> tuple:
+def _hf_model(name: str, grow: str) -> tuple:
+    """The Hugging Face factory and a module standing in for a model file: its widths (None when
+    no base width keeps the scaled fields exact: --base and --target are then needed) and inputs."""
     from . import hf
 
-    factory = hf.factory(name)
+    factory = hf.factory(name, grow=grow)
     module = ModuleType(f"hf:{name}")
-    module.BASE_WIDTH, module.TARGET_WIDTH = hf.BASE_WIDTH, hf.TARGET_WIDTH
-    module.example_inputs = lambda: hf.example_inputs(name)
+    try:
+        module.BASE_WIDTH, module.DELTA_WIDTH, module.TARGET_WIDTH = hf.widths(factory)
+    except MuRewriteError:
+        module.BASE_WIDTH = module.DELTA_WIDTH = module.TARGET_WIDTH = None
+    module.example_inputs = lambda: hf.example_inputs(factory)
     return factory, module
 
 
