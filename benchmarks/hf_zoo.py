@@ -222,13 +222,23 @@ def plan_failures(plan: dict, head, attention: dict, grow: str) -> list:
         failures.append("output: the model names no output head")
     elif not any(u.get("module") == head and u.get("role") == "output" for u in uses):
         failures.append(f"output: no use of {head} with role output")
-    edits = collections.Counter(e.get("module") for e in plan.get("edits", []) if e.get("kind") == "attention_scale")
-    expected = collections.Counter(attention) if grow == "head_dim" else collections.Counter()
-    if edits != expected:
-        missing, extra = sorted((expected - edits).keys()), sorted((edits - expected).keys())
-        failures.append(f"attention_scale: {sum(edits.values())} edits for {sum(expected.values())} attention calls "
-                        f"(missing {', '.join(missing[:2]) or '-'}; unexpected {', '.join(extra[:2]) or '-'})")
+    failures += attention_failures([e for e in plan.get("edits", []) if e.get("kind") == "attention_scale"],
+                                   collections.Counter(attention) if grow == "head_dim" else collections.Counter())
     return failures
+
+
+def attention_failures(edits: list, expected: collections.Counter) -> list:
+    """Every attention module gets edits on at least as many q·k contractions as it makes attention
+    calls (one softmax can have several: content and position terms), no other module does, and
+    no contraction is edited twice."""
+    per_module = collections.Counter(e.get("module") for e in edits)
+    missing = sorted(m for m in expected if per_module[m] < expected[m])
+    extra = sorted(m for m in per_module if m not in expected)
+    twice = len(edits) - len({e.get("node") for e in edits})
+    if missing or extra or twice:
+        return [f"attention_scale: {len(edits)} edits for {sum(expected.values())} attention calls (missing "
+                f"{', '.join(missing[:2]) or '-'}; unexpected {', '.join(extra[:2]) or '-'}; edited twice {twice})"]
+    return []
 
 
 def hidden_rule_holds(param: dict) -> bool:
@@ -305,9 +315,18 @@ def run_in_process(model_type: str, args) -> dict:
 
 
 def run_zoo(types: list, args) -> list:
+    """Every type's record; each is appended to OUT/NAME.partial.jsonl as it comes, so a long run
+    can be read while it goes and resumed (--resume) after an interruption."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    results, counts = [], collections.Counter()
+    journal = Path(args.out) / f"{'hf_zoo_build' if args.build_only else 'hf_zoo'}.partial.jsonl"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    results = [json.loads(line) for line in journal.read_text().splitlines()] if args.resume and journal.exists() else []
+    if not args.resume:
+        journal.write_text("")
+    finished = {r["model_type"] for r in results}
+    types = [t for t in types if t not in finished]
+    counts = collections.Counter(r["outcome"] for r in results)
     run_one = run_in_process if args.build_only else run_in_subprocess
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[counts]}")) as progress:
@@ -315,6 +334,8 @@ def run_zoo(types: list, args) -> list:
 
         def done(record):
             results.append(record)
+            with journal.open("a") as file:
+                file.write(json.dumps(record) + "\n")
             counts[record["outcome"]] += 1
             progress.update(task, advance=1, description=f"{record['model_type']:<28}",
                             counts=" ".join(f"{k} {counts[k]}" for k in OUTCOMES if counts[k]))
@@ -380,6 +401,7 @@ def main() -> None:
     parser.add_argument("--grow", choices=["head_dim", "heads"], default="head_dim")
     parser.add_argument("--build-only", action="store_true", help="only build every model (on meta), in this process")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for hf_zoo.json and hf_zoo.md")
+    parser.add_argument("--resume", action="store_true", help="keep the records of OUT's partial journal, run the rest")
     parser.add_argument("--worker", metavar="TYPE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -324,9 +324,16 @@ def _no_node_stack_traces():
 
 
 def _disable_kv_cache(model: nn.Module) -> None:
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "use_cache", False):
-        config.use_cache = False
+    """No KV cache in the captured graph (a cache object is no tensor export can return); every
+    sub-config of a composite model (text_config, decoder, ...) too."""
+    configs = [getattr(model, "config", None)]
+    while configs:
+        config = configs.pop()
+        if config is None or not hasattr(config, "to_dict"):
+            continue
+        if getattr(config, "use_cache", False):
+            config.use_cache = False
+        configs += [v for v in vars(config).values() if hasattr(v, "to_dict") and hasattr(v, "use_cache")]
 
 
 def _exception_chain(exc: BaseException | None):

@@ -138,7 +138,21 @@ def _is_normalised(node: fx.Node, depth: int = 6) -> bool:
     return False
 
 
+def _role_unused(shape) -> str:
+    """A parameter the example forward never reads: a vector is a vector, but whether a growing
+    matrix is an input, hidden or output weight only its use could say."""
+    if not shape.num_infinite:
+        return "scalar"
+    return "vector" if len(shape.base) == 1 else "unclassified"
+
+
 def _refuse_unknown_uses(flow: Dataflow, uses: dict) -> None:
+    for name, node in flow.parameters().items():
+        if not uses.get(name) and _role_unused(flow.shape(node)) == "unclassified":
+            raise MuRewriteError(
+                f"parameter '{name}' is not used by the model's forward on the example inputs, so its muP role "
+                "is unknown; pass example inputs that run it (e.g. pixel_values for a vision tower), or pass "
+                "--option unknown_ops=sp to keep such tensors in SP (the report marks them)")
     for name, param_uses in uses.items():
         for use in param_uses:
             if use.role == "unclassified":
@@ -165,7 +179,7 @@ def _where(flow: Dataflow, node: str, module: str) -> str:
 def _param_plan(flow, node, name, param_uses, stats, parametrization, options, at) -> ParamPlan:
     shape = flow.shape(node)
     use = primary_use(param_uses)
-    role = use.role if use else ("vector" if shape.num_infinite else "scalar")
+    role = use.role if use else _role_unused(shape)
     m, f = (use.fan_in_mult(at), use.fan_out_mult(at)) if use else (1.0, 1.0)
     rule = rule_for(parametrization, role, m, f, options["alpha_out"], options["alpha_in"])
     before = stats.std_at(flow.widths.ratio(at))
@@ -296,7 +310,7 @@ def _scalar_factor(flow, node: fx.Node, at: str):
             base = ops.node_slots(flow.fx(node.name, "base")).get(constant_slot)
             values = (1.0 / base, 1.0 / constant) if name == "div" else (float(base), float(constant))
             return (node.name, *values), tensor
-        if isinstance(constant, fx.Node) and _is_one_element(flow, constant) and not flow.graph.nodes[constant.name]["param"]:
+        if isinstance(constant, fx.Node) and _is_one_element(flow, constant) and flow.is_constant(constant.name):
             return (node.name, None, None), tensor
     return None
 

@@ -54,6 +54,12 @@ class Dataflow:
         module = self.module(name)
         return scope == "" or module == scope or module.startswith(scope + ".")
 
+    def is_constant(self, name: str) -> bool:
+        """Whether node `name` is computed from neither the model's inputs nor its parameters
+        (a buffer, a constant made in forward, or arithmetic on them)."""
+        nodes = self.graph.nodes
+        return not any(nodes[n]["user_input"] or nodes[n]["param"] for n in nx.ancestors(self.graph, name) | {name})
+
     def parameters(self) -> dict:
         """Parameter FQN -> placeholder node name, in graph order."""
         return {d["param"]: n for n, d in self.graph.nodes(data=True) if d["param"]}
@@ -65,6 +71,7 @@ def analyse_dims(captures: Captures) -> Dataflow:
     canonical = {alias: name for name, aliases in captures.aliases.items() for alias in aliases}
     params = {node: canonical.get(fqn, fqn)  # a tied tensor goes by its first name in named_parameters()
               for node, fqn in captures.programs["target"].graph_signature.inputs_to_parameters.items()}
+    user_inputs = set(captures.programs["target"].graph_signature.user_inputs)
     _check_same_structure(graphs)
     graph = nx.DiGraph()
     for nodes in zip(*(graphs[name].nodes for name in WIDTH_NAMES)):
@@ -79,6 +86,7 @@ def analyse_dims(captures: Captures) -> Dataflow:
             module=_innermost_module(target)[0],
             module_type=_innermost_module(target)[1],
             calls=_module_calls(target),
+            user_input=target.name in user_inputs,
         )
         for arg in target.all_input_nodes:
             graph.add_edge(arg.name, target.name)

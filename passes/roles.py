@@ -74,8 +74,9 @@ def _classify(flow: Dataflow, param_node: str, source: fx.Node, user: fx.Node, s
     operand_shape = flow.shape(source.name)
     if kind == ops.VIEW or _is_scalar_arith(flow, user, name, slot) or isinstance(operand_shape, list):
         return "follow"  # a multi-output node is only read through getitem
-    if kind == ops.POINTWISE and _same_shape(operand_shape, flow.shape(user.name)):
-        return "follow"  # W * mask, 1 + gain: the tensor passes through coordinate-wise
+    if kind == ops.POINTWISE and _same_shape(flow.shape(param_node), operand_shape) \
+            and _same_shape(operand_shape, flow.shape(user.name)):
+        return "follow"  # W * mask, 1 + gain: the tensor itself passes through coordinate-wise
     contracted = None
     if slot is not None and operand_shape is not None:
         contracted = ops.contracted_dims(user, slot, len(operand_shape.base))
