@@ -114,10 +114,13 @@ def _build_model_type(model_type: str, grow: str, forward: str) -> dict:
             models[widths[0]].eval()(**{k: v.to("meta") for k, v in inputs.items()})
         return {"factory": factory, "widths": widths, "inputs": inputs, "task": factory.task}
     with staged("forward"):
-        torch.manual_seed(0)
-        model = factory(widths[0]).eval()
-        with torch.no_grad():
-            attention = attention_modules(model, inputs)
+        observed = {}
+        for width in widths[:2]:
+            torch.manual_seed(0)
+            model = factory(width).eval()
+            with torch.no_grad():
+                observed[width] = attention_modules(model, inputs)
+    attention = growing_attention(*observed.values())
     return {"factory": factory, "widths": widths, "inputs": inputs, "task": factory.task,
             "head": output_head(model, factory.task), "attention": attention}
 
@@ -159,21 +162,36 @@ def output_head(model, task: str):
     return next((n for n, m in model.named_modules() if m is head), None) if head is not None else None
 
 
+def growing_attention(at_base: dict, at_delta: dict) -> dict:
+    """{module: attention calls} of the modules whose q·k contracted size differs between the
+    two widths (those need muP's attention scale; a fixed d_head does not)."""
+    return {m: len(sizes) for m, sizes in at_base.items() if at_delta.get(m) and sizes != at_delta[m]}
+
+
 def attention_modules(model, inputs) -> dict:
-    """{module path: attention calls in one forward}: the innermost module running each
-    scaled_dot_product_attention, or each softmax over attention scores (4-D, or 3-D square)."""
+    """{module path: [d_head of each attention call in one forward]}: the innermost module running
+    each scaled_dot_product_attention (d_head: the query's last dim), or each softmax over
+    attention scores (4-D, or 3-D square; d_head: the last dim of the latest product of two
+    activations before it)."""
     import torch
     from torch.overrides import TorchFunctionMode
 
     names = {id(m): n for n, m in model.named_modules()}
-    stack, calls = [], collections.Counter()
+    stack, calls, last_product = [], collections.defaultdict(list), [None]
     softmaxes = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax}
+    products = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm,
+                torch.baddbmm, torch.Tensor.baddbmm, torch.einsum}
 
     class Calls(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            # under no_grad only a parameter (or a view of one) requires grad: a projection, not q·k
+            if func in products and len(tensors) >= 2 and not any(t.requires_grad for t in tensors):
+                last_product[0] = tuple(t.shape[-1] for t in tensors)
             if stack and is_attention(func, args, softmaxes):
-                calls[stack[-1]] += 1
+                query = args[0] if func is torch.nn.functional.scaled_dot_product_attention else None
+                calls[stack[-1]].append(query.shape[-1] if query is not None else last_product[0])
             return func(*args, **kwargs)
 
     def enter(module, args):
@@ -220,20 +238,32 @@ def plan_failures(plan: dict, head, attention: dict, grow: str) -> list:
     uses = [u for p in params.values() for u in p.get("uses", [])]
     if head is None:
         failures.append("output: the model names no output head")
-    elif not any(u.get("module") == head and u.get("role") == "output" for u in uses):
-        failures.append(f"output: no use of {head} with role output")
-    failures += attention_failures([e for e in plan.get("edits", []) if e.get("kind") == "attention_scale"],
+    elif not any(u.get("role") == "output" for name, p in params.items() if _owned_by(name, p, head)
+                 for u in p.get("uses", [])):
+        failures.append(f"output: no parameter of {head} has a use with role output")
+    failures += attention_failures(plan.get("edits", []),
                                    collections.Counter(attention) if grow == "head_dim" else collections.Counter())
     return failures
+
+
+def _owned_by(name: str, param: dict, module: str) -> bool:
+    names = [name, *param.get("aliases", [])]
+    return any(n.rpartition(".")[0] == module for n in names)
 
 
 def attention_failures(edits: list, expected: collections.Counter) -> list:
     """Every attention module gets edits on at least as many q·k contractions as it makes attention
     calls (one softmax can have several: content and position terms), no other module does, and
     no contraction is edited twice."""
-    per_module = collections.Counter(e.get("module") for e in edits)
-    missing = sorted(m for m in expected if per_module[m] < expected[m])
-    extra = sorted(m for m in per_module if m not in expected)
+    def related(a: str, b: str) -> bool:  # the q·k contraction may run in the softmax's parent, child or sibling
+        return a == b or a.startswith(b + ".") or b.startswith(a + ".") or a.rpartition(".")[0] == b.rpartition(".")[0]
+
+    # a learned query (a parameter) contracted with the keys is a readout, whose 1/m multiplier (with the
+    # model's own width-dependent scale held at base) gives the logits the same 1/d
+    scaled = [e for e in edits if e.get("kind") in ("attention_scale", "readout_multiplier")]
+    missing = sorted(m for m in expected if sum(1 for e in scaled if related(e.get("module", ""), m)) < expected[m])
+    edits = [e for e in edits if e.get("kind") == "attention_scale"]
+    extra = sorted({e.get("module") for e in edits if not any(related(e.get("module", ""), m) for m in expected)})
     twice = len(edits) - len({e.get("node") for e in edits})
     if missing or extra or twice:
         return [f"attention_scale: {len(edits)} edits for {sum(expected.values())} attention calls (missing "

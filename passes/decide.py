@@ -139,11 +139,12 @@ def _is_normalised(node: fx.Node, depth: int = 6) -> bool:
 
 
 def _role_unused(shape) -> str:
-    """A parameter the example forward never reads: a vector is a vector, but whether a growing
-    matrix is an input, hidden or output weight only its use could say."""
+    """A parameter the example forward never reads: with one growing dim it is vector-like (as an
+    input weight, the same init and Adam LR), but whether a matrix growing in two dims is an
+    input, hidden or output weight only its use could say."""
     if not shape.num_infinite:
         return "scalar"
-    return "vector" if len(shape.base) == 1 else "unclassified"
+    return "vector" if shape.num_infinite == 1 else "unclassified"
 
 
 def _refuse_unknown_uses(flow: Dataflow, uses: dict) -> None:
