@@ -1,0 +1,44 @@
+"""A representative sample of the Hugging Face zoo (benchmarks/hf_zoo.py runs all of it): each
+model type's default config made small, compiled with verification, and its plan checked against
+what the model does at run time, observed independently of the compiler: no unclassified
+parameter, every growing matrix hidden with Adam LR 1/m, the head a readout, and an attention
+scale edit wherever the observed d_head grows with width (none when heads grow)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import hf_zoo  # noqa: E402
+
+SAMPLE = {
+    "mixtral": "MoE through transformers' grouped_mm experts, router a readout",
+    "qwen3_moe": "MoE with per-expert intermediate size",
+    "gpt_oss": "MoE, attention sinks concatenated to the logits",
+    "deepseek_v3": "MLA low-rank q/kv, shared experts",
+    "bloom": "ALiBi through alibi.baddbmm(batch1=..., batch2=...) by keyword",
+    "gemma2": "tanh soft-capped attention logits and final logits",
+    "albert": "one shared layer run several times per forward",
+    "falcon": "x @ weight.T projections",
+    "funnel": "several q-k terms per softmax (content and position)",
+    "t5": "encoder-decoder, unscaled attention, relative position bias, tied readout constant",
+    "bart": "encoder-decoder with cross attention",
+    "vit": "vision: patch convolution, cls token placed by cat",
+    "swin": "vision: windowed attention with relative position bias",
+    "mobilebert": "readout built from a concatenated weight",
+    "beit": "cls token through cat into a residual stream and a pooled mean",
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(SAMPLE))
+def test_sample_model_gets_a_plan_passing_every_check(model_type):
+    record = hf_zoo.check_model(model_type)
+    assert record["outcome"] == "ok", (SAMPLE[model_type], record.get("failures") or record.get("message"))
+
+
+def test_with_heads_growing_no_attention_scale_changes():
+    record = hf_zoo.check_model("llama", grow="heads")
+    assert record["outcome"] == "ok", record.get("failures") or record.get("message")
