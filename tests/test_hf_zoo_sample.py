@@ -42,3 +42,35 @@ def test_sample_model_gets_a_plan_passing_every_check(model_type):
 def test_with_heads_growing_no_attention_scale_changes():
     record = hf_zoo.check_model("llama", grow="heads")
     assert record["outcome"] == "ok", record.get("failures") or record.get("message")
+
+
+HUB_CONFIGS = Path(__file__).resolve().parent / "fixtures" / "hf_configs"
+SLOW_CONFIGS = {"DeepSeek-V3", "gpt-oss-20b"}  # ~20 s each on 2 cores: with MUPREWRITE_SLOW_TESTS=1
+
+
+def hub_params():
+    import os
+
+    slow = os.environ.get("MUPREWRITE_SLOW_TESTS") == "1"
+    return [pytest.param(p.name, marks=() if slow or p.name not in SLOW_CONFIGS else
+                         pytest.mark.skip(reason="slow: MUPREWRITE_SLOW_TESTS=1"))
+            for p in sorted(HUB_CONFIGS.iterdir()) if p.is_dir()]
+
+
+@pytest.mark.parametrize("name", hub_params())
+def test_real_hub_config_converts_at_its_own_size(name):
+    """The published config is the target width (2 layers kept): verified, every growing matrix
+    hidden with Adam LR 1/m, one attention edit per layer (d_head grows), the LM head a readout."""
+    import muprewrite
+    from muprewrite import hf
+
+    make_model = hf.factory(str(HUB_CONFIGS / name))
+    base, delta, target = hf.widths(make_model)
+    assert target == make_model.width_rule["target_hidden"]
+    plan = muprewrite.mupify(make_model, base=base, delta=delta, target=target,
+                             example_inputs=hf.example_inputs(make_model), materialize=False).plan
+    params = plan.to_dict()["parameters"]
+    assert all(hf_zoo.hidden_rule_holds(p) for p in params.values())
+    attention = [e for e in plan.edits if e.kind == "attention_scale"]
+    assert len({e.module for e in attention}) == 2  # one attention module per layer
+    assert any(e.kind == "readout_multiplier" and e.module == "lm_head" for e in plan.edits)
