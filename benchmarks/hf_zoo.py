@@ -185,7 +185,8 @@ def attention_modules(model, inputs) -> dict:
     class Calls(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            flat = [x for a in (*args, *kwargs.values()) for x in (a if isinstance(a, (list, tuple)) else [a])]
+            tensors = [a for a in flat if isinstance(a, torch.Tensor)]  # einsum(eq, [q, k]) too
             # under no_grad only a parameter (or a view of one) requires grad: a projection, not q·k
             if func in products and len(tensors) >= 2 and not any(t.requires_grad for t in tensors):
                 last_product[0] = tuple(t.shape[-1] for t in tensors)
