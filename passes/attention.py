@@ -227,6 +227,8 @@ def _trace_query(flow: Dataflow, node: fx.Node):
         elif ops.kind(node) == ops.VIEW and name not in ops.SCALAR_ARITH and node.args \
                 and isinstance(node.args[0], fx.Node):
             node = node.args[0]
+        elif piece is None and len(node.users) > 1:
+            return None  # the whole output also feeds something else (k, v, a residual): not q's own projection
         else:
             return _projection_slices(flow, node, piece)
 

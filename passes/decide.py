@@ -371,6 +371,12 @@ def _zero_init_slices(uses, sites, options, at) -> dict:
             if any(u.node in readout_nodes for u in param_uses):  # the readout weight and its bias
                 zeroed[name] = whole
     if options["zero_init_query"]:
+        untraced = [s.node for s in sites if s.query_slices is None]
+        if untraced:
+            raise MuRewriteError(
+                f"zero_init_query: the query of attention {untraced[0]} could not be traced back to the weight "
+                "that computes it, so it cannot be zeroed; project q with a linear/matmul (a fused qkv split "
+                "on its last dim is fine) or drop the option")
         for site in sites:
             for name, piece in (site.query_slices or {}).get(at, {}).items():
                 zeroed.setdefault(name, []).append(piece)

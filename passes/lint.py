@@ -18,7 +18,7 @@ UNIFORM_KURTOSIS = -0.9  # excess kurtosis: -1.2 for a uniform init, 0 for a Gau
 
 def lint(flow: Dataflow, uses: dict, sites: list, init: dict, plan: Plan) -> list:
     checks = (_unclassified, _tied, _uniform_init, _squashing, _small_heads, _gains, _coupled_decay,
-              _query_slices, _width_dependent_constants)
+              _width_dependent_constants)
     return [w for check in checks for w in check(flow, uses, sites, init, plan)]
 
 
@@ -73,14 +73,6 @@ def _coupled_decay(flow, uses, sites, init, plan):
     if plan.options["weight_decay"] == "coupled":
         yield PlanWarning("coupled-weight-decay", "weight decay coupled to the per-tensor LR moves the optimal "
                           "LR with width; use weight_decay='independent'", "TP5 §B.3; Lingle 2024", [])
-
-
-def _query_slices(flow, uses, sites, init, plan):
-    missing = [s.node for s in sites if s.query_slices is None]
-    if plan.options["zero_init_query"] and missing:
-        yield PlanWarning("query-not-found", "zero_init_query: the query projection of these attention "
-                          "sites could not be traced back to a weight; their queries are not zeroed",
-                          "TP5 §D.2", missing)
 
 
 def _width_dependent_constants(flow, uses, sites, init, plan):

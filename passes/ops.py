@@ -135,7 +135,6 @@ REGISTRY = {
 COMPOSITES = {F.multi_head_attention_forward}
 RUNTIME = {func: name for name, spec in REGISTRY.items() for func in spec.runtime}
 RUNTIME_NAMES: dict = {}  # filled below, once the binding helpers exist
-FAMILIES = sorted({spec.family for spec in REGISTRY.values() if spec.family})
 SCALAR_ARITH = {"mul", "div"}  # by a constant: keeps a tensor's identity, may carry a width-dependent constant
 
 
@@ -171,12 +170,6 @@ def is_pointwise(node: fx.Node) -> bool:
     return torch.Tag.pointwise in getattr(node.target, "tags", ())
 
 
-def is_inplace(node: fx.Node) -> bool:
-    schema = getattr(node.target, "_schema", None)
-    return schema is not None and schema.name.split("::")[-1].endswith("_") and bool(schema.arguments) \
-        and schema.arguments[0].alias_info is not None and schema.arguments[0].alias_info.is_write
-
-
 # ---------------------------------------------------------------- binding arguments by schema
 
 def node_slots(node: fx.Node) -> dict:
@@ -204,7 +197,7 @@ def node_location(node: fx.Node, slot: str) -> tuple:
 
 def call_location(func, args, kwargs, slot: str) -> tuple | None:
     """Where a slot sits in a run-time call `func(*args, **kwargs)`, or None if it is absent."""
-    names = _runtime_names(func, args, kwargs)
+    names = RUNTIME_NAMES.get(func)  # read at import, so torch.compile traces this without a graph break
     return _location(func, args, kwargs, slot, names) if names is not None else None
 
 
@@ -248,12 +241,6 @@ def _location(target, args, kwargs, slot: str, names: list):
 def _node_names(node: fx.Node) -> list:
     schema = getattr(node.target, "_schema", None)
     return [_canonical(a.name) for a in schema.arguments] if schema is not None else []
-
-
-def _runtime_names(func, args, kwargs) -> tuple | None:
-    """Positional slot names of a run-time call (read from a table built at import, so that
-    torch.compile traces the binding without a graph break)."""
-    return RUNTIME_NAMES.get(func)
 
 
 def _positional_names(func, name: str) -> tuple:
@@ -346,6 +333,6 @@ def _einsum_contracted(equation: str, index: int, ndim: int):
 # in-place spellings (add_, masked_fill_, index_put_) are the out-of-place op to the analysis
 _INPLACE_BASES = {"add", "sub", "mul", "div", "masked_fill", "clamp", "clamp_min", "clamp_max", "tanh", "index_put",
                   "copy", "fill", "where", "exp", "neg", "relu", "sigmoid", "t", "transpose", "unsqueeze", "squeeze",
-                  "maximum", "minimum", "pow", "mul_", "silu", "gelu", "masked_scatter", "scatter"}
+                  "maximum", "minimum", "pow", "silu", "gelu", "masked_scatter", "scatter"}
 
 RUNTIME_NAMES.update({func: _positional_names(func, name) for func, name in RUNTIME.items()})

@@ -8,6 +8,7 @@ import torch
 import gpt_sdpa
 import mlp
 import muprewrite
+from muprewrite.errors import MuRewriteError
 import transformer_encoder
 from test_passes import TOKENS, EinsumNet
 
@@ -81,7 +82,27 @@ def test_zero_init_query_in_nn_multihead_attention_and_matmul_projections():
     einsum = muprewrite.mupify(EinsumNet, base=16, target=64, example_inputs=TOKENS, options={"zero_init_query": True})
     qkv = einsum.model.qkv  # used as x @ qkv, then chunked: the query is the first third of the columns
     assert not qkv[:, :64].any() and qkv[:, 64:].abs().sum() > 0
-    assert "query-not-found" not in [w.code for w in einsum.plan.warnings]
+
+
+class UnprojectedQuery(torch.nn.Module):
+    """Attention whose query is the block's input itself: no weight computes q, none can be zeroed."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.inp, self.kv, self.out = torch.nn.Linear(8, width), torch.nn.Linear(width, 2 * width), torch.nn.Linear(width, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        k, v = self.kv(h).chunk(2, -1)
+        split = lambda t: t.unflatten(-1, (2, -1)).transpose(1, 2)  # noqa: E731
+        return self.out(torch.nn.functional.scaled_dot_product_attention(split(h), split(k), split(v)).transpose(1, 2).flatten(2))
+
+
+def test_zero_init_query_that_cannot_be_traced_is_refused():
+    inputs = (torch.randn(2, 5, 8),)
+    with pytest.raises(MuRewriteError, match="zero_init_query: the query of attention scaled_dot_product_attention"):
+        muprewrite.mupify(UnprojectedQuery, base=32, target=128, example_inputs=inputs, options={"zero_init_query": True})
+    muprewrite.mupify(UnprojectedQuery, base=32, target=128, example_inputs=inputs)  # fine without the option
 
 
 def test_sp_attention_scale_keeps_one_over_sqrt_d():
