@@ -46,7 +46,7 @@ from torch.utils import _pytree as pytree
 from .coordcheck_result import SIDES, CoordCheckResult, make_trace
 from .errors import MuRewriteError
 from .passes import ops
-from .passes.capture import build_model, export_model, split_inputs, to_device
+from .passes.capture import build_model, export_model, inputs_at, split_inputs, to_device
 from .passes.dims import _innermost_module
 from .passes.emit import param_groups
 from .passes.rewrite import rewrite_graph
@@ -97,7 +97,6 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if example_inputs is None:
         example_inputs = guess_inputs(factory, base)
-    inputs = to_device(example_inputs, device)
     sides = SIDES if compare_sp else ("mup",)
     seed_list = [seed + k for k in range(seeds)]
     raw = {side: {} for side in sides}  # side -> node -> [step][width] size
@@ -112,6 +111,7 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
         for i, width in enumerate(widths):
             bar.update(task, description=f"width {width}: capturing")
             torch.manual_seed(seed)
+            inputs = to_device(inputs_at(example_inputs, width), device)
             graph = export_model(build_model(factory, width).to(device), inputs, device).module()
             plan = None
             if "mup" in sides:

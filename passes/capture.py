@@ -40,7 +40,7 @@ from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from torch.utils._pytree import tree_map
 
 from .. import errors
-from ..errors import CaptureError
+from ..errors import CaptureError, MuRewriteError
 from ..widths import WIDTH_NAMES, Widths
 
 _LIBRARY_DIRS = (Path(torch.__file__).parent.parent, Path(contextlib.__file__).parent)
@@ -184,6 +184,17 @@ def tied_names(model: nn.Module) -> dict:
     return {names[0]: names[1:] for names in names_by_tensor.values() if len(names) > 1}
 
 
+def inputs_at(inputs, width: int):
+    """The example inputs at `width`: `inputs(width)` when they are a callable (inputs that grow
+    with width, such as encoder hidden states fed to a decoder), else `inputs` themselves."""
+    if not callable(inputs) or isinstance(inputs, torch.Tensor):
+        return inputs
+    try:
+        return inputs(width)
+    except Exception as exc:
+        raise MuRewriteError(f"example_inputs({width}) failed: {type(exc).__name__}: {exc}") from exc
+
+
 def split_inputs(inputs):
     """Example inputs are a tuple of positional args, a dict of kwargs, or a single tensor."""
     if isinstance(inputs, dict):
@@ -198,7 +209,7 @@ def _capture_widths(factory, inputs, widths: Widths, strategy: Strategy):
     for name in WIDTH_NAMES:
         model = _build(factory, widths[name], strategy, name)
         try:
-            programs[name] = _export(model, inputs, strategy)
+            programs[name] = _export(model, inputs_at(inputs, widths[name]), strategy)
         except Exception as exc:
             raise _Failure(exc, model, strategy, name, built=True) from exc
     return programs, model
@@ -274,7 +285,8 @@ def _describe_failure(failure: _Failure, widths: Widths | None = None) -> str:
     if cause == WIDTH:
         return (f"torch.export could not capture {name} at width {widths[failure.width]} although it captures "
                 f"at base width {widths.base}: {reason}{where}; check that every size the factory derives "
-                "from width is valid there (e.g. divisible by the number of heads)")
+                "from width is valid there (e.g. divisible by the number of heads), and pass inputs whose size "
+                "grows with width (encoder states, say) as a function: example_inputs(width)")
     tried = " (on the meta device, and on CPU under fake tensors)" if failure.strategy.device == "fake-cpu" and cause != INPUTS else ""
     return f"torch.export could not capture {name}{tried}: {reason}{where}; {_ADVICE[cause]}"
 

@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..errors import VerificationError
 from ..plan import Plan
-from .capture import build_model, export_with_fallbacks, split_inputs
+from .capture import build_model, export_with_fallbacks, inputs_at, split_inputs
 from .realize import interceptors, realize
 from .rewrite import rewrite_graph
 
@@ -31,6 +31,7 @@ def verify(factory, inputs, plan: Plan, width: int, realize_fn=realize) -> dict:
     """Return {"outputs", "gradients": max |diff| realized vs edited graph, "baseline": the same
     for the unedited model vs its own graph} or raise VerificationError."""
     torch.manual_seed(0)
+    inputs = inputs_at(inputs, width)
     realized = realize_fn(build_model(factory, width), plan, reinit=True)
     exported = export_with_fallbacks(build_model(factory, width), inputs, "cpu")
     baseline = _baseline(factory, width, inputs, exported, realized)
