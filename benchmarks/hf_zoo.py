@@ -96,6 +96,7 @@ def _build_model_type(model_type: str, grow: str, forward: str) -> dict:
     import torch
 
     from muprewrite import hf
+    from muprewrite.passes.capture import inputs_at, to_device
 
     factory = hf.factory(model_type, grow=grow)
     widths = hf.widths(factory)
@@ -111,7 +112,7 @@ def _build_model_type(model_type: str, grow: str, forward: str) -> dict:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         with staged("forward"), FakeTensorMode(allow_non_fake_inputs=True):
-            models[widths[0]].eval()(**{k: v.to("meta") for k, v in inputs.items()})
+            models[widths[0]].eval()(**to_device(inputs_at(inputs, widths[0]), "meta"))
         return {"factory": factory, "widths": widths, "inputs": inputs, "task": factory.task}
     with staged("forward"):
         observed = {}
@@ -119,7 +120,7 @@ def _build_model_type(model_type: str, grow: str, forward: str) -> dict:
             torch.manual_seed(0)
             model = factory(width).eval()
             with torch.no_grad():
-                observed[width] = attention_modules(model, inputs)
+                observed[width] = attention_modules(model, inputs_at(inputs, width))
     attention = growing_attention(*observed.values())
     return {"factory": factory, "widths": widths, "inputs": inputs, "task": factory.task,
             "head": output_head(model, factory.task), "attention": attention}

@@ -19,12 +19,15 @@ import torch
 
 from ..errors import MuRewriteError
 from .configs import _build_config, _build_model, _transformers, _with_fixed, model_types
+from .encoder_states import WithEncoderStates, with_encoder_states
 from .inputs import _image_shape, _token_ids
+from .modal import modal_inputs
 from .patterns import BASE_WIDTH, GROWS, TARGET_WIDTH, VOCAB
 from .resolve import _model_class, _narrowed, _sources, _task
 from .rule import WidthRule, _base_width, _spec_at, _width_rule
 
-__all__ = ["factory", "widths", "example_inputs", "model_types", "WidthRule", "GROWS", "BASE_WIDTH", "TARGET_WIDTH", "VOCAB"]
+__all__ = ["factory", "widths", "example_inputs", "model_types", "WidthRule", "WithEncoderStates", "GROWS",
+           "BASE_WIDTH", "TARGET_WIDTH", "VOCAB"]
 
 
 def factory(config_or_type, *, grow: str = "head_dim", fixed: dict | None = None, widen: dict | None = None,
@@ -92,10 +95,12 @@ def widths(make_model) -> tuple:
     return base, 2 * base, rule.target_hidden
 
 
-def example_inputs(config_or_type, *, task: str | None = None, fixed: dict | None = None) -> dict:
+def example_inputs(config_or_type, *, task: str | None = None, fixed: dict | None = None) -> dict | WithEncoderStates:
     """Inputs for the model `factory(config_or_type)` builds (or for a factory it made): token ids
     (2, 16), encoder and decoder ids for seq2seq, or pixel values at the config's image size and
-    channels for a model whose main input is pixel_values."""
+    channels for a model whose main input is pixel_values. For a decoder built alone whose
+    cross-attention reads encoder states (Whisper's, TrOCR's causal LM) the inputs grow with width:
+    a `WithEncoderStates`, called with the width (mupify accepts it as `example_inputs`)."""
     make_model = config_or_type if isinstance(getattr(config_or_type, "rule", None), WidthRule) else \
         factory(config_or_type, fixed=fixed, task=task)
     config, task = make_model.config, make_model.task
@@ -103,6 +108,7 @@ def example_inputs(config_or_type, *, task: str | None = None, fixed: dict | Non
     tokens = _token_ids(config, (2, 16), generator)
     if getattr(make_model.model_class, "main_input_name", "input_ids") == "pixel_values":
         return {"pixel_values": torch.randn(2, *_image_shape(config), generator=generator)}
-    if task == "seq2seq-lm":
-        return {"input_ids": tokens, "decoder_input_ids": tokens[:, :8]}
-    return {"input_ids": tokens}
+    inputs = {"input_ids": tokens, "decoder_input_ids": tokens[:, :8]} if task == "seq2seq-lm" else \
+        {"input_ids": tokens}
+    inputs = {**inputs, **modal_inputs(make_model, inputs, generator)}
+    return with_encoder_states(make_model, inputs) or inputs
