@@ -372,6 +372,31 @@ def test_torch_compile_matches_eager(name):
     assert not torch.allclose(logits(sp, name), outputs[1], atol=1e-3)  # compiled, the edits still apply
 
 
+@pytest.mark.parametrize("name", CAUSAL)
+def test_gradient_checkpointing_recomputes_with_the_edits(name):
+    """HF's GradientCheckpointingLayer reruns each layer in backward: the recompute must apply the
+    attention edit too, or the gradients differ from the plain rewritten model's."""
+    plain, checkpointed = fresh_copy(name).eval(), fresh_copy(name).eval()
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed.train()
+    for module in checkpointed.modules():  # train mode for checkpointing, without dropout
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    runs = []
+    attention = checkpointed.base_model.get_submodule({"gpt2": "h.0.attn", "llama": "layers.0.self_attn"}[name])
+    attention.register_forward_pre_hook(lambda module, args: runs.append(1))
+    grads = []
+    for model in (plain, checkpointed):
+        logits(model, name).square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert len(runs) == 2  # forward, then the recompute in backward
+    for key in grads[0]:
+        torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-5, atol=1e-7, msg=key)
+    sp = sp_twin(name, plain).eval()
+    logits(sp, name).square().mean().backward()
+    assert any(not torch.allclose(p.grad, grads[0][n], atol=1e-6) for n, p in sp.named_parameters())
+
+
 # 9. coordinate check --------------------------------------------------------------------------
 
 def _mean_abs_logits_after_adam(name, width, plan, lr, steps=3):
