@@ -102,7 +102,7 @@ def _feeds_attention(node, attention: set) -> bool:
         current = frontier.pop()
         if current.name in attention:
             return True
-        if current.name in seen or ops.op_name(current) not in ("mul", "div", "add", "masked_fill", "_to_copy", "to"):
+        if current.name in seen or ops.kind(current) not in (ops.VIEW, ops.POINTWISE):  # as the attention pass walks
             continue
         seen.add(current.name)
         frontier += current.all_input_nodes
