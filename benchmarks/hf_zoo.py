@@ -10,10 +10,14 @@ auto mappings, in a fresh subprocess with a timeout, the factory `muprewrite.hf.
 
 and the plan is checked: (a) no parameter or use with role "unclassified"; (b) every 2-D
 parameter with both dims infinite is "hidden" with Adam LR multiplier 1/m (m: its use's
-fan_in_mult); (c) the output head (`get_output_embeddings()`, for image classification the last
-Linear onto the labels) has a use with role "output"; (d) one "attention_scale" edit per
-attention module (a module that runs a 4-D softmax or scaled_dot_product_attention itself, found
-by running the model at base width) when d_head grows, none when heads grow.
+fan_in_mult); (c) the readout has a use with role "output": the readout is the last weight
+product (a linear, matmul, einsum or convolution with a parameter, or a tensor made of parameters)
+with an infinite fan-in on the data path of the logits, found by running the model at base and
+delta width (the LM head, a classifier, a tied input embedding; where the last layer's fan-in is
+fixed, as RemBERT's output_embedding_size, the layer before it); (d) one "attention_scale" edit
+per attention module (a module that runs a 4-D softmax, scaled_dot_product_attention or
+multi_head_attention_forward itself, found by running the model at base and delta width) when
+d_head grows, none when heads grow.
 
 Outcomes: ok (plan made, every check passes), wrong (some check fails), error (a MuRewriteError:
 its one-line message), crash (any other exception, or the timeout), build (not counted against
@@ -76,7 +80,7 @@ def check_model(model_type: str, grow: str = "head_dim") -> dict:
     except Exception as exc:  # noqa: BLE001
         return {**record, "outcome": "crash", "message": one_line(exc), "seconds": time.perf_counter() - start}
     seconds = time.perf_counter() - start
-    failures = plan_failures(result.plan.to_dict(), built["head"], built["attention"], grow)
+    failures = plan_failures(result.plan.to_dict(), built["readouts"], built["attention"], grow)
     return {**record, "outcome": "wrong" if failures else "ok", "failures": failures, "seconds": seconds,
             "parameters": len(result.plan.parameters), "edits": len(result.plan.edits)}
 
@@ -115,15 +119,16 @@ def _build_model_type(model_type: str, grow: str, forward: str) -> dict:
             models[widths[0]].eval()(**to_device(inputs_at(inputs, widths[0]), "meta"))
         return {"factory": factory, "widths": widths, "inputs": inputs, "task": factory.task}
     with staged("forward"):
-        observed = {}
+        observed, traced = {}, {}
         for width in widths[:2]:
             torch.manual_seed(0)
             model = factory(width).eval()
             with torch.no_grad():
                 observed[width] = attention_modules(model, inputs_at(inputs, width))
+                traced[width] = weight_products(model, inputs_at(inputs, width))
     attention = growing_attention(*observed.values())
     return {"factory": factory, "widths": widths, "inputs": inputs, "task": factory.task,
-            "head": output_head(model, factory.task), "attention": attention}
+            "readouts": readouts(*traced.values()), "attention": attention}
 
 
 class staged:
@@ -148,19 +153,123 @@ def hidden_size(config, hidden_field: str):
     return max(node) if isinstance(node, (list, tuple)) else node
 
 
-def output_head(model, task: str):
-    """The path of the module that reads the last hidden state out: the LM head, or the classifier."""
-    from torch import nn
+CONTRACTIONS = {"linear", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "baddbmm", "einsum",
+                "conv1d", "conv2d", "conv3d"}
 
-    if task == "image-classification":
-        labels = model.config.num_labels
-        heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == labels]
-        return heads[-1] if heads else None
-    try:
-        head = model.get_output_embeddings()
-    except Exception:  # noqa: BLE001  some models do not implement it
-        head = None
-    return next((n for n, m in model.named_modules() if m is head), None) if head is not None else None
+
+def weight_products(model, inputs) -> tuple:
+    """(products, logits): every weight product of one forward in order, as (parameter names, fan-in,
+    the products upstream of its activation operand), and the last products upstream of the logits.
+    Activations are the inputs and what is computed from them; a weight is a parameter, a view of one
+    or a tensor computed from parameters alone (mobilebert's cat of two weights); "upstream" follows
+    the data flow back to the nearest weight products."""
+    from torch.overrides import TorchFunctionMode
+
+    by_storage = collections.defaultdict(set)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_storage[param.untyped_storage().data_ptr()].add(name)
+    sources = {id(t): frozenset() for t in _tensors(inputs)}  # activation -> nearest products upstream
+    weights, products, keep = {}, [], list(_tensors(inputs))  # keep: no id is reused during the forward
+
+    def weight_names(tensor) -> set:
+        if id(tensor) in weights:
+            return weights[id(tensor)]
+        try:
+            return by_storage.get(tensor.untyped_storage().data_ptr(), set())
+        except (RuntimeError, NotImplementedError):  # a tensor without storage
+            return set()
+
+    class Trace(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            operands = list(_tensors((args, kwargs)))
+            activations = [t for t in operands if id(t) in sources]
+            names = set().union(*(weight_names(t) for t in operands if id(t) not in sources))
+            results = list(_tensors(out))
+            keep.extend(results)
+            if not activations:
+                weights.update({id(t): names for t in results if names})
+                return out
+            upstream = frozenset().union(*(sources[id(t)] for t in activations))
+            fan_in = _fan_in(getattr(func, "__name__", ""), args, kwargs) if names else None
+            if fan_in is not None:
+                products.append((tuple(sorted(names)), fan_in, upstream))
+                upstream = frozenset({len(products) - 1})
+            sources.update({id(t): upstream for t in results})
+            return out
+
+    with Trace():
+        output = model(**inputs)
+    logits = getattr(output, "logits", None)
+    logits = logits if logits is not None else next(_tensors(output), None)
+    return products, sources.get(id(logits), frozenset()) if logits is not None else frozenset()
+
+
+def _tensors(value):
+    """The tensors in a value (nested lists, tuples, dicts and model outputs)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _fan_in(name: str, args, kwargs):
+    """The contracted size of a weight product (None when `name` is no contraction)."""
+    def operand(index: int, *keys):
+        return args[index] if len(args) > index else next((kwargs[k] for k in keys if k in kwargs), None)
+
+    if name not in CONTRACTIONS:
+        return None
+    if name == "einsum":
+        return _einsum_fan_in(args[0], list(_tensors(args[1:]))) if args and isinstance(args[0], str) else None
+    if name == "linear" or name.startswith("conv"):
+        weight = operand(1, "weight")
+        return math.prod(weight.shape[1:]) if weight is not None else None
+    first = operand(1, "mat1", "batch1") if name in ("addmm", "baddbmm") else operand(0, "input")
+    return first.shape[-1] if first is not None and first.dim() else None
+
+
+def _einsum_fan_in(equation: str, operands: list):
+    """The product of the sizes of the indices an einsum sums over."""
+    inputs, arrow, output = equation.replace(" ", "").partition("->")
+    terms = inputs.split(",")
+    sizes = {}
+    for term, operand in zip(terms, operands):
+        letters = term.replace("...", "")
+        offset = operand.dim() - len(letters)
+        sizes.update({letter: operand.shape[offset + i] for i, letter in enumerate(letters)})
+    if not arrow:
+        output = "".join(sorted(c for c in sizes if inputs.count(c) == 1))
+    return math.prod(size for letter, size in sizes.items() if letter not in output)
+
+
+def readouts(at_base: tuple, at_delta: tuple) -> list | None:
+    """The parameter names of each readout: walking the data flow back from the logits, the first
+    weight products whose fan-in differs between base and delta (products with a fixed fan-in, like
+    RemBERT's decoder from output_embedding_size, are passed through); None when the two forwards
+    make different products."""
+    (products, logits), (delta_products, _) = at_base, at_delta
+    if len(products) != len(delta_products):
+        return None
+    frontier, seen, found = list(logits), set(), set()
+    while frontier:
+        index = frontier.pop()
+        if index in seen:
+            continue
+        seen.add(index)
+        names, fan_in, upstream = products[index]
+        if fan_in != delta_products[index][1]:
+            found.add(names)
+        else:
+            frontier.extend(upstream)
+    return sorted(list(names) for names in found)
 
 
 def growing_attention(at_base: dict, at_delta: dict) -> dict:
@@ -171,9 +280,9 @@ def growing_attention(at_base: dict, at_delta: dict) -> dict:
 
 def attention_modules(model, inputs) -> dict:
     """{module path: [d_head of each attention call in one forward]}: the innermost module running
-    each scaled_dot_product_attention (d_head: the query's last dim), or each softmax over
-    attention scores (4-D, or 3-D square; d_head: the last dim of the latest product of two
-    activations before it)."""
+    each scaled_dot_product_attention (d_head: the query's last dim) or multi-head attention function
+    (embed_dim / num_heads), or each softmax over attention scores (4-D, or 3-D square; d_head: the
+    last dim of the latest product of two activations before it)."""
     import torch
     from torch.overrides import TorchFunctionMode
 
@@ -192,8 +301,7 @@ def attention_modules(model, inputs) -> dict:
             if func in products and len(tensors) >= 2 and not any(t.requires_grad for t in tensors):
                 last_product[0] = tuple(t.shape[-1] for t in tensors)
             if stack and is_attention(func, args, softmaxes):
-                query = args[0] if func is torch.nn.functional.scaled_dot_product_attention else None
-                calls[stack[-1]].append(query.shape[-1] if query is not None else last_product[0])
+                calls[stack[-1]].append(head_size(func, args) or last_product[0])
             return func(*args, **kwargs)
 
     def enter(module, args):
@@ -215,10 +323,30 @@ def attention_modules(model, inputs) -> dict:
     return dict(calls)
 
 
-def is_attention(func, args, softmaxes) -> bool:
+def multi_head_attentions() -> set:
+    """nn.MultiheadAttention's functions: the slow path, and the fast path it takes in eval under no_grad
+    (either runs its softmax where a TorchFunctionMode does not see it)."""
+    import torch
+
+    return {torch.nn.functional.multi_head_attention_forward, torch._native_multi_head_attention}
+
+
+def head_size(func, args):
+    """The d_head of an attention call that names it (scaled_dot_product_attention: the query's last dim;
+    multi-head attention: embed_dim / num_heads); None for a softmax."""
     import torch
 
     if func is torch.nn.functional.scaled_dot_product_attention:
+        return args[0].shape[-1]
+    if func in multi_head_attentions():
+        return args[3] // args[4]  # (query, key, value, embed_dim, num_heads, ...)
+    return None
+
+
+def is_attention(func, args, softmaxes) -> bool:
+    import torch
+
+    if func is torch.nn.functional.scaled_dot_product_attention or func in multi_head_attentions():
         return True
     if func in softmaxes and args and isinstance(args[0], torch.Tensor):
         shape = args[0].shape
@@ -226,7 +354,7 @@ def is_attention(func, args, softmaxes) -> bool:
     return False
 
 
-def plan_failures(plan: dict, head, attention: dict, grow: str) -> list:
+def plan_failures(plan: dict, readouts, attention: dict, grow: str) -> list:
     """The checks (a)-(d) of the module docstring that the plan fails, one line each."""
     params = plan.get("parameters", {})
     failures = []
@@ -237,20 +365,23 @@ def plan_failures(plan: dict, head, attention: dict, grow: str) -> list:
     wrong_hidden = [n for n, p in params.items() if not hidden_rule_holds(p)]
     if wrong_hidden:
         failures.append(f"hidden rule: {len(wrong_hidden)} infinite x infinite matrices ({', '.join(wrong_hidden[:3])})")
-    uses = [u for p in params.values() for u in p.get("uses", [])]
-    if head is None:
-        failures.append("output: the model names no output head")
-    elif not any(u.get("role") == "output" for name, p in params.items() if _owned_by(name, p, head)
-                 for u in p.get("uses", [])):
-        failures.append(f"output: no parameter of {head} has a use with role output")
+    failures += readout_failures(params, readouts)
     failures += attention_failures(plan.get("edits", []),
                                    collections.Counter(attention) if grow == "head_dim" else collections.Counter())
     return failures
 
 
-def _owned_by(name: str, param: dict, module: str) -> bool:
-    names = [name, *param.get("aliases", [])]
-    return any(n.rpartition(".")[0] == module for n in names)
+def readout_failures(params: dict, readouts) -> list:
+    """Check (c): each readout (a list of parameter names, see `readouts`) has a parameter with a use
+    of role output."""
+    if readouts is None:
+        return ["output: the forwards at base and delta make different weight products"]
+    if not readouts:
+        return ["output: no weight product with an infinite fan-in computes the logits"]
+    roles = {n: {u.get("role") for u in p.get("uses", [])} for name, p in params.items()
+             for n in (name, *p.get("aliases", []))}
+    missing = [names for names in readouts if not any("output" in roles.get(n, ()) for n in names)]
+    return [f"output: no parameter of the readout {', '.join(names)} has a use with role output" for names in missing]
 
 
 def attention_failures(edits: list, expected: collections.Counter) -> list:

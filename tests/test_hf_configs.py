@@ -250,6 +250,55 @@ def test_per_layer_size_lists_are_cut_to_the_depth_and_scaled_entry_by_entry():
     assert [len(c.layer_types) for c in configs] == [2, 2]
 
 
+def test_rotary_part_of_a_head_keeps_a_head_size_step_at_the_target():
+    make_model = hf.factory("qwen3_5_text")  # rotates a quarter of each head; m-rope cuts fixed sections
+    base, delta, target = hf.widths(make_model)
+    configs = [on_meta(make_model, w).config for w in (base, target)]
+    factor = configs[0].rope_parameters["partial_rotary_factor"]
+    assert [c.head_dim for c in configs] == [32, 128] and factor * configs[0].head_dim == 8
+    assert make_model.width_rule["scaled"]["linear_key_head_dim"] == 32  # no rotary there: the usual step
+
+
+def test_feature_size_keeps_its_relation_to_the_hidden_size():
+    """LUKE projects its entity embeddings when entity_emb_size != hidden_size: the small config keeps
+    them apart (its default has 256 vs 768), a config where they are equal keeps them equal at every width."""
+    make_model = hf.factory("luke")
+    for width in hf.widths(make_model):
+        model = on_meta(make_model, width)
+        assert model.config.entity_emb_size == 80 and hasattr(model.luke.entity_embeddings, "entity_embedding_dense")
+    tied = transformers.LukeConfig(vocab_size=256, entity_vocab_size=256, hidden_size=256, entity_emb_size=256,
+                                   num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
+    make_tied = hf.factory(tied)
+    assert make_tied.width_rule["scaled"]["entity_emb_size"] == 256
+    for width in hf.widths(make_tied):
+        model = on_meta(make_tied, width)
+        assert model.config.entity_emb_size == width
+        assert not hasattr(model.luke.entity_embeddings, "entity_embedding_dense")
+
+
+def test_factored_positions_multiply_to_the_example_sequence_length():
+    make_model = hf.factory("reformer")  # training requires prod(axial_pos_shape) == sequence length
+    config = on_meta(make_model, 64).config
+    assert list(config.axial_pos_shape) == [4, 4]
+    assert hf.example_inputs(make_model)["input_ids"].shape[1] == 16
+
+
+def test_base_width_skips_widths_where_a_rounded_size_stops_growing():
+    """BiT rounds its bottleneck channels up to multiples of 8 (at least 8): at 64 / 128 / 256 one is
+    8, 8, 16, which muprewrite would have to call finite; the next consistent base is taken."""
+    from muprewrite.hf.rule import _same_structure
+
+    make_model = hf.factory("bit")
+    base, delta, target = hf.widths(make_model)
+    assert (base, delta, target) == (80, 160, 256)
+    shapes = [{n: tuple(p.shape) for n, p in on_meta(make_model, w).named_parameters()} for w in (base, delta, target)]
+    assert _same_structure(*shapes)
+    assert not make_model.rule.consistent(64)
+    assert not _same_structure({"w": (8,)}, {"w": (8,)}, {"w": (16,)}) and _same_structure(
+        {"w": (8, 3)}, {"w": (16, 3)}, {"w": (16, 3)})
+    assert not _same_structure({"w": (8,)}, {"w": (16,)}, {"w": (32,), "dense": (4,)})
+
+
 def test_fixed_fields_stay_fixed_and_are_reported():
     make_model = hf.factory("llama", fixed={"intermediate_size": 100, "num_hidden_layers": 3, "n_head": 4})
     rule = make_model.width_rule
@@ -378,7 +427,7 @@ def test_zoo_worker_checks_one_small_model_in_process():
     if record["outcome"] in ("ok", "wrong"):
         assert record["seconds"] > 0 and record["parameters"] > 0
     built = hf_zoo.build_model_type("gpt2")
-    assert built["head"] == "lm_head"
+    assert built["readouts"] == [["lm_head.weight", "transformer.wte.weight"]]  # tied: either name
     assert built["attention"] == {"transformer.h.0.attn": 1, "transformer.h.1.attn": 1}
 
 
@@ -391,13 +440,65 @@ def test_zoo_plan_checks_name_each_failure():
             "uses": [{"module": "head", "role": "output", "fan_in_mult": 4.0}]}
     plan = {"parameters": {"mlp.weight": hidden, "head.weight": head},
             "edits": [{"kind": "attention_scale", "module": "attn"}]}
-    assert hf_zoo.plan_failures(plan, "head", {"attn": 1}, "head_dim") == []
+    readout = [["head.bias", "head.weight"]]
+    assert hf_zoo.plan_failures(plan, readout, {"attn": 1}, "head_dim") == []
     wrong = {**hidden, "lr_mult": {"adam": 1.0}}
     unclassified = {**head, "role": "unclassified", "uses": [{"module": "head", "role": "unclassified"}]}
     bad = {"parameters": {"mlp.weight": wrong, "x": unclassified}, "edits": []}
-    failures = hf_zoo.plan_failures(bad, "head", {"attn": 1}, "head_dim")
+    failures = hf_zoo.plan_failures(bad, readout, {"attn": 1}, "head_dim")
     assert [f.split(":")[0] for f in failures] == ["unclassified", "hidden rule", "output", "attention_scale"]
-    assert hf_zoo.plan_failures(plan, "head", {"attn": 1}, "heads")[0].startswith("attention_scale")
+    assert hf_zoo.plan_failures(plan, readout, {"attn": 1}, "heads")[0].startswith("attention_scale")
+    assert hf_zoo.plan_failures(plan, [], {"attn": 1}, "head_dim") == [
+        "output: no weight product with an infinite fan-in computes the logits"]
+    assert hf_zoo.plan_failures(plan, [["mlp.weight"]], {"attn": 1}, "head_dim")[0].startswith(
+        "output: no parameter of the readout mlp.weight")
+
+
+class Readout(torch.nn.Module):
+    """Embedding (width) -> Linear to a fixed 8 -> Linear to the vocabulary (RemBERT's head shape), or
+    the embedding tied as the readout (Perceiver's)."""
+
+    def __init__(self, width: int, tied: bool = False):
+        super().__init__()
+        self.embed, self.tied = torch.nn.Embedding(16, width), tied
+        self.dense, self.decoder = torch.nn.Linear(width, 8), torch.nn.Linear(8, 16)
+
+    def forward(self, input_ids):
+        hidden = self.embed(input_ids)
+        if self.tied:
+            return torch.matmul(hidden, self.embed.weight.transpose(0, 1))
+        return self.decoder(torch.relu(self.dense(hidden)))
+
+
+@pytest.mark.parametrize("tied, expected", [(False, [["dense.bias", "dense.weight"]]), (True, [["embed.weight"]])])
+def test_zoo_readout_is_the_last_product_with_an_infinite_fan_in(tied, expected):
+    import hf_zoo
+
+    inputs = {"input_ids": torch.tensor([[1, 2, 3]])}
+    with torch.no_grad():
+        traced = [hf_zoo.weight_products(Readout(width, tied), inputs) for width in (4, 8)]
+    assert hf_zoo.readouts(*traced) == expected  # the fixed-fan-in decoder is passed through
+
+
+class Pooling(torch.nn.Module):
+    """Siglip's pooling head: a learned probe attending over the tokens with nn.MultiheadAttention."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.probe = torch.nn.Parameter(torch.randn(1, 1, width))
+        self.attention = torch.nn.MultiheadAttention(width, 2, batch_first=True)
+
+    def forward(self, hidden):
+        return self.attention(self.probe.expand(hidden.shape[0], -1, -1), hidden, hidden)[0]
+
+
+def test_zoo_attention_probe_sees_multi_head_attention_in_eval():
+    import hf_zoo
+
+    with torch.no_grad():
+        calls = [hf_zoo.attention_modules(Pooling(w).eval(), {"hidden": torch.randn(2, 5, w)}) for w in (8, 16)]
+    assert calls == [{"attention": [4]}, {"attention": [8]}]
+    assert hf_zoo.growing_attention(*calls) == {"attention": 1}
 
 
 # The README ---------------------------------------------------------------------------------

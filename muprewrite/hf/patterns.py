@@ -6,8 +6,10 @@ SMALL_HEADS = {"head_dim": 2, "heads": 8}  # a bare type's head count at the tar
 SMALL_GROUPED_HEADS = {"head_dim": (4, 2), "heads": (8, 4)}  # ... query and key/value heads where they are grouped
 SMALL_LAYERS, SMALL_EXPERTS, SMALL_TOP_K, SMALL_POSITIONS = 2, 4, 2, 128
 SMALL_IMAGE, SMALL_PATCH = 32, 8
+SEQUENCE_LENGTH = 16  # the length of example token sequences (muprewrite.hf.example_inputs: shape (2, 16))
 SIZE_STEP, HEAD_SIZE_STEP = 16, 32  # a bare type's scaled sizes are multiples of these (exact at width / 8)
 MIN_BASE, MIN_HEAD_SIZE = 64, 8  # the default base width of a real config: at least this wide, heads this big
+PROBE_GROWTH = 1.25  # a base width at which the model's structure changes: the next one tried is this much wider
 BASE_WIDTH, TARGET_WIDTH = SMALL_HIDDEN // 4, SMALL_HIDDEN  # the default widths of a bare model type
 GROWS = ("head_dim", "heads")
 TASKS = {  # task -> the transformers auto mapping that names its model class per model type
@@ -42,5 +44,11 @@ LAYER_SUBSET = r".*(window|dense|shared|nextn|mtp|skip).*"  # how many of the la
 LAYER_INDICES = r"(?!.*(num|numb|n)_).*_(layers|idxs|indices|layer_ids)"
 # Longformer-style inputs are padded to a multiple of `attention_window`; a vision window must fit the last stage.
 SMALL_WINDOW = {"attention_window": 16, "window_size": 2}
+# A feature size (the width of some tensor) that the model may compare with the hidden size (LUKE adds a
+# projection when entity_emb_size != hidden_size); sequence, window, state and count sizes are not feature sizes.
+FEATURE_SIZE = r"(?!.*(vocab|chunk|block|window|bucket|kernel|patch|image|batch|seq|position|state|cache|stride" \
+               r"|group|max_|min_|num_)).*_(size|dim|dims|channels|width|dimension|features)"
+POSITION_SHAPE = r".*pos\w*_shape"  # positions factored into axes (Reformer's axial_pos_shape: prod = sequence length)
+ROTARY_FRACTION = r"partial_rotary_factor|rotary_pct"  # the fraction of each head that rotary embeddings rotate
 TOKEN_ID = r".*token_ids?|.*token_index"
 TEXT_TOKENS = r"(pad|bos|eos|unk|sep|cls|mask|decoder_start|forced_bos|forced_eos)_token_ids?"

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
+
+import torch
 
 from ..errors import MuRewriteError
 from .configs import (
     _Source, _all_even, _attr, _flat_keys, _hidden_path, _int_values, _is_config, _is_derived, _is_int, _is_size,
-    _kind_of, _map_values, _names, _own_fields, _real_path, _round_to, _set_path, _sub_config_names,
+    _kind_of, _map_values, _names, _own_fields, _primary_hidden, _real_path, _round_to, _set_path, _sub_config_names,
 )
-from .patterns import MIN_BASE, MIN_HEAD_SIZE
+from .patterns import FEATURE_SIZE, MIN_BASE, MIN_HEAD_SIZE, PROBE_GROWTH
 
 
 @dataclass
@@ -48,6 +52,7 @@ class WidthRule:
     attention_nodes: list  # (path, hidden, heads, head size derived) of each config node with heads
     derived: list  # width-proportional fields the config computes from the scaled ones
     accepts: object = None  # width -> whether the config class accepts the config at that width
+    consistent: object = None  # base -> whether the model has one structure at base, 2 x base and the target
 
     def as_dict(self) -> dict:
         """The JSON-serialisable account shown in the report (`make_model.width_rule`)."""
@@ -83,6 +88,7 @@ def _width_rule(source: _Source, spec: dict, target, grow: str, fixed: dict, wid
                      _derived_sizes(target, spec, grow))
     rule.width_multiple = _width_multiple(rule)
     rule.accepts = lambda width: _accepts(source.config_class, _spec_at(spec, rule, width))
+    rule.consistent = _structure_probe(source.config_class, model_class, spec, rule)
     return rule
 
 
@@ -93,6 +99,39 @@ def _accepts(config_class, spec: dict) -> bool:
     except Exception:  # any validation failure: this width is not a usable one
         return False
     return True
+
+
+def _structure_probe(config_class, model_class, spec: dict, rule: WidthRule):
+    """base -> whether the model built on meta at base, delta = 2 x base and the target has the same
+    parameters and buffers, each dim equal at all three or different at base and delta (a size the
+    model rounds, like BiT's make_div(channels / 4) with its floor of 8, can coincide at base and delta
+    and still grow to the target); shapes are built once per width."""
+    shapes = {}
+
+    def at(width: int):
+        if width not in shapes:
+            shapes[width] = _shapes(config_class, model_class, _spec_at(spec, rule, width))
+        return shapes[width]
+
+    return lambda base: _same_structure(at(base), at(2 * base), at(rule.target_hidden))
+
+
+def _shapes(config_class, model_class, spec: dict):
+    """{name: shape} of the parameters and buffers of the model built on meta, or None if it does not build."""
+    try:
+        with torch.device("meta"):
+            model = model_class(config_class(**copy.deepcopy(spec)))
+    except Exception:  # any failure: the width is not usable (the factory reports it when called)
+        return None
+    return {name: tuple(t.shape) for name, t in itertools.chain(model.named_parameters(), model.named_buffers())}
+
+
+def _same_structure(base, delta, target) -> bool:
+    """Same tensors at the three widths, and no dim equal at base and delta but different at the target."""
+    if base is None or delta is None or target is None or not base.keys() == delta.keys() == target.keys():
+        return False
+    return all(len(base[n]) == len(delta[n]) == len(target[n]) and
+               all(b != d or b == t for b, d, t in zip(base[n], delta[n], target[n])) for n in base)
 
 
 def _unscaled(spec: dict, scaled: set, prefix=()) -> dict:
@@ -129,7 +168,7 @@ def _proportional_fields(config, spec: dict, grow: str, prefix=()) -> list:
     scaled_kinds = {"hidden", "intermediate", "rank", "head_size" if grow == "head_dim" else "heads"}
     fields = []
     for name, value in _own_fields(config):
-        kind = _kind_of(_names(config, name))
+        kind = _kind_of(_names(config, name)) or _tied_kind(config, name, value)
         if kind in scaled_kinds and _is_size(value) and not _is_derived(type(config), name, spec):
             even = kind == "head_size" and _all_even(value)
             fields.append(Field(prefix + (name,), kind, value, even))
@@ -139,6 +178,16 @@ def _proportional_fields(config, spec: dict, grow: str, prefix=()) -> list:
             fields += _proportional_fields(sub, spec.get(name) if isinstance(spec.get(name), dict) else {}, grow,
                                            prefix + (name,))
     return fields
+
+
+def _tied_kind(config, name: str, value):
+    """"hidden" for a feature size equal to its config node's hidden size at the target: the model may
+    rely on the two being equal (LUKE skips its entity projection), so it scales with the width and
+    stays equal to the hidden size at every width; else None (other fields are fixed)."""
+    hidden = _primary_hidden(config)
+    if hidden is None or not _is_int(hidden[1]) or name == hidden[0] or not re.fullmatch(FEATURE_SIZE, name):
+        return None
+    return "hidden" if _is_int(value) and value == hidden[1] else None
 
 
 def _attention_nodes(config, spec: dict, grow: str, prefix=()) -> list:
@@ -184,13 +233,26 @@ def _exact_step(value: int, target: int, divisor: int) -> int:
 
 def _base_width(rule: WidthRule):
     """Bare type: target / 4. Real config: the smallest multiple of the width step that is at least
-    MIN_BASE wide with heads of at least MIN_HEAD_SIZE (else the smallest exact one), up to target / 2."""
+    MIN_BASE wide with heads of at least MIN_HEAD_SIZE (else the smallest exact one), up to target / 2.
+    Where the model's structure differs between that base, its delta and the target (see
+    _structure_probe), the next usable widths are tried, each at least PROBE_GROWTH x the last one
+    tried; when none is consistent, the first (muprewrite then names the dim that differs)."""
     candidates = range(rule.width_multiple, rule.target_hidden // 2 + 1, rule.width_multiple)
-    if rule.source == "type" and not rule.widen:
-        candidates = [c for c in candidates if c == rule.target_hidden // 4] or candidates
+    preferred = [rule.target_hidden // 4] if rule.source == "type" and not rule.widen else []
     strict = [w for w in candidates if w >= MIN_BASE and _sizes_at(rule, w, MIN_HEAD_SIZE)]
     relaxed = [w for w in candidates if _sizes_at(rule, w, 1)]
-    return next((w for w in strict + relaxed if rule.accepts(w) and rule.accepts(2 * w)), None)
+    ordered = dict.fromkeys([w for w in preferred if w in relaxed] + strict + relaxed)
+    usable = (w for w in ordered if rule.accepts(w) and rule.accepts(2 * w))
+    first = next(usable, None)
+    if first is None or rule.consistent is None or rule.consistent(first):
+        return first
+    tried = first
+    for width in usable:
+        if width >= tried * PROBE_GROWTH:
+            tried = width
+            if rule.consistent(width):
+                return width
+    return first
 
 
 def _widths_or_none(rule: WidthRule):

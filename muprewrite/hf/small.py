@@ -12,9 +12,10 @@ from .configs import (
     _names, _own_fields, _primary_heads, _primary_hidden, _real_name, _round_to, _sub_config_names,
 )
 from .patterns import (
-    DROPPED_KEYS, EXPERTS, GROUPS, HEAD_SIZE_STEP, KV_HEADS, LAYER_INDICES, LAYER_INTERVAL, LAYER_SUBSET, POSITIONS,
-    SHARED_EXPERTS, SIZE_STEP, SMALL_EXPERTS, SMALL_GROUPED_HEADS, SMALL_HEADS, SMALL_HIDDEN, SMALL_IMAGE,
-    SMALL_LAYERS, SMALL_PATCH, SMALL_POSITIONS, SMALL_TOP_K, SMALL_WINDOW, TOP_K, VOCAB,
+    BASE_WIDTH, DROPPED_KEYS, EXPERTS, FEATURE_SIZE, GROUPS, HEAD_SIZE_STEP, KV_HEADS, LAYER_INDICES, LAYER_INTERVAL,
+    LAYER_SUBSET, POSITION_SHAPE, POSITIONS, ROTARY_FRACTION, SEQUENCE_LENGTH, SHARED_EXPERTS, SIZE_STEP,
+    SMALL_EXPERTS, SMALL_GROUPED_HEADS, SMALL_HEADS, SMALL_HIDDEN, SMALL_IMAGE, SMALL_LAYERS, SMALL_PATCH,
+    SMALL_POSITIONS, SMALL_TOP_K, SMALL_WINDOW, TOP_K, VOCAB,
 )
 
 
@@ -32,12 +33,18 @@ class _Shrink:
     vision: bool  # the config has an image size
     grow: str
     shallow: bool = True  # cut the depth to SMALL_LAYERS (off when the config refuses a shorter stack)
+    hidden: int | None = None  # the default hidden size (an int; None for per-stage sizes)
+    rotary: float = 1.0  # the fraction of a head that rotary embeddings rotate (partial_rotary_factor)
+    positions: int | None = None  # the default number of positions (max_position_embeddings, ...)
 
 
 def _small_spec(config, grow: str, grouped: bool = True, shallow: bool = True) -> dict:
     """Overrides of a default config that make it small and fast: 2 layers, a small vocabulary,
     target hidden 256 with few heads (grouped key/value heads where the model groups queries and
-    `grouped`), few experts, short positions, 32-pixel images."""
+    `grouped`), few experts, short positions, 32-pixel images. The default's shape is kept where the
+    model depends on it: a rotary part of a head of at least HEAD_SIZE_STEP, feature sizes equal to
+    the hidden size or apart from it as in the default, factored positions that multiply to the
+    example sequence length."""
     shrink = _shrink(config, grow, grouped, shallow)
     spec = {}
     for name, value in _own_fields(config):
@@ -66,7 +73,30 @@ def _shrink(config, grow: str, grouped: bool, shallow: bool) -> _Shrink:
     head_ratio = ratio * Fraction(default_heads, heads) if default_heads else ratio
     staged = any(isinstance(_attr(config, n), (list, tuple)) for n in ("depths", "depth"))
     return _Shrink(_depth(config), staged, name, ratio, head_ratio, heads, kv_heads,
-                   _attr(config, "image_size") is not None, grow, shallow)
+                   _attr(config, "image_size") is not None, grow, shallow, hidden if _is_int(hidden) else None,
+                   _rotary_fraction(config), _positions(config))
+
+
+def _rotary_fraction(config) -> float:
+    """The smallest fraction of a head that rotary embeddings rotate (partial_rotary_factor, top level or
+    in rope_parameters, per layer type too); 1 when the config says nothing."""
+    fractions = [v for n, v in _own_fields(config) if re.fullmatch(ROTARY_FRACTION, n)]
+    fractions += _rope_values(_attr(config, "rope_parameters"))
+    fractions = [f for f in fractions if isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1]
+    return min(fractions, default=1.0)
+
+
+def _rope_values(rope) -> list:
+    """The rotary fractions of a rope_parameters dict (or of its per-layer-type dicts)."""
+    if not isinstance(rope, dict):
+        return []
+    values = [v for k, v in rope.items() if re.fullmatch(ROTARY_FRACTION, str(k))]
+    return values + [v for sub in rope.values() for v in _rope_values(sub)]
+
+
+def _positions(config):
+    """The default number of positions of a config node, or None."""
+    return next((v for n, v in _own_fields(config) if _matches(_names(config, n), POSITIONS) and _is_int(v)), None)
 
 
 def _groups_queries(config) -> bool:
@@ -99,6 +129,11 @@ def _small_value(config_class, name: str, value, shrink: _Shrink):
         return _small_size(config_class, name, value, kind, shrink)
     if not _is_int(value) and not isinstance(value, (list, tuple)):
         return None
+    feature = _feature_size(value, shrink) if re.fullmatch(FEATURE_SIZE, name) and _is_int(value) else None
+    if feature is not None:
+        return feature
+    if re.fullmatch(POSITION_SHAPE, name) and isinstance(value, (list, tuple)) and _is_int_or_ints(list(value)):
+        return _position_shape(value, shrink)
     if _matches(names, POSITIONS) and _is_int(value):
         return min(value, SMALL_POSITIONS)
     if any("vocab_size" in n for n in names) and _is_int(value):
@@ -124,7 +159,48 @@ def _small_size(config_class, name: str, value, kind, shrink: _Shrink):
     if (name == shrink.hidden_name or "hidden_size" in name) and _is_int(value):
         return SMALL_HIDDEN  # every part's hidden size becomes 256, and so do fields that name one
     ratio, step = (shrink.head_ratio, HEAD_SIZE_STEP) if kind == "head_size" else (shrink.ratio, SIZE_STEP)
-    return _map_values(value, lambda v: v * ratio if isinstance(v, float) else max(step, _round_to(v * ratio, step)))
+    least = _least_head_size(shrink) if "head_dim" in _names(config_class, name) else step
+    return _map_values(value, lambda v: v * ratio if isinstance(v, float) else max(least, _round_to(v * ratio, step)))
+
+
+def _least_head_size(shrink: _Shrink) -> int:
+    """The smallest attention head size (head_dim, which rotary embeddings rotate a fraction of) at the
+    small target: HEAD_SIZE_STEP for its rotary part too (a head that rotates a quarter of itself is at
+    least 4 x HEAD_SIZE_STEP), so that at base width / 4 the rotary part still has HEAD_SIZE_STEP / 4
+    dims and nothing the model cuts from it (m-rope sections) rounds to one size at base and delta."""
+    return HEAD_SIZE_STEP * math.ceil(1 / shrink.rotary - 1e-9)
+
+
+def _feature_size(value: int, shrink: _Shrink):
+    """A fixed feature size keeps its relation to the hidden size: equal to it in the default (the model
+    may skip a projection when they are equal), it becomes the small hidden size (and so scales with the
+    width); different from it but equal to the small hidden size, it shrinks with the hidden size
+    instead, so that the small target keeps the default's projection (LUKE's entity_emb_size)."""
+    if shrink.hidden is None or shrink.staged:
+        return None
+    if value == shrink.hidden:
+        return SMALL_HIDDEN
+    if value != SMALL_HIDDEN:
+        return None
+    small = max(SIZE_STEP, _round_to(value * shrink.ratio, SIZE_STEP))
+    while small in (BASE_WIDTH, 2 * BASE_WIDTH, SMALL_HIDDEN):  # nor equal to the hidden size at base or delta
+        small += SIZE_STEP
+    return small
+
+
+def _position_shape(value, shrink: _Shrink):
+    """Positions factored into axes (their product is the default number of positions) refactored into
+    as many axes whose product is the example sequence length, which the model requires in training."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values or not shrink.positions or math.prod(values) != shrink.positions:
+        return None
+    return _even_factors(SEQUENCE_LENGTH, len(values))
+
+
+def _even_factors(length: int, axes: int) -> list:
+    """`axes` powers of two, as equal as can be, whose product is `length` (a power of two)."""
+    exponent = length.bit_length() - 1
+    return [2 ** (exponent // axes + (1 if i < exponent % axes else 0)) for i in range(axes)]
 
 
 def _small_heads(names, value, shrink: _Shrink):
