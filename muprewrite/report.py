@@ -78,13 +78,19 @@ class Report:
                 f"{len(plan.warnings)} warnings. Options: {_options(plan.options)}.")
         if self.verification:
             v = self.verification
-            text += (f" Verified at width {v['width']}: realized model == edited graph "
-                     f"(max |diff| outputs {v['outputs']:.2g}, gradients {v['gradients']:.2g}).")
+            if v["gradients"] is None:
+                text += (f" Verified at width {v['width']}: realized model == edited graph on the outputs (max |diff| "
+                         f"{v['outputs']:.2g}); gradients not compared: the captured graph has no gradient path to "
+                         "the parameters (an autograd.Function whose forward runs under no_grad, such as reversible "
+                         "layers).")
+            else:
+                text += (f" Verified at width {v['width']}: realized model == edited graph "
+                         f"(max |diff| outputs {v['outputs']:.2g}, gradients {v['gradients']:.2g}).")
             noise = v.get("baseline", {})
             if max(noise.values(), default=0.0) > 1e-6:
                 text += (f" The model's own graph differs from its eager forward by {noise['outputs']:.2g} (outputs) "
-                         f"/ {noise['gradients']:.2g} (gradients) with no edit at all, so the edits were judged "
-                         "against that distance.")
+                         f"/ {noise.get('gradients', 0.0):.2g} (gradients) with no edit at all, so the edits were "
+                         "judged against that distance.")
         return text
 
     def _header(self) -> Panel:

@@ -240,6 +240,8 @@ def _fallback(failure: _Failure, may_change_device: bool = True) -> Strategy | N
         return replace(strategy, mode="eval")
     if failure.cause not in (DATA_DEPENDENT, INPUTS) and strategy.device == "meta" and may_change_device:
         return replace(strategy, device="fake-cpu")
+    if failure.cause not in (INPUTS, WIDTH) and failure.built and strategy.mode == "train":
+        return replace(strategy, mode="eval")  # code that runs in train mode only (a weight clamped in place, say)
     return None
 
 
@@ -249,6 +251,10 @@ def _note(failure: _Failure, widths: Widths | None = None) -> str:
     if failure.cause == DATA_DEPENDENT:
         return (f"captured in eval mode: train mode{at} has data-dependent control flow"
                 f"{_where(failure.exc, failure.model)}; train-only branches (LayerDrop, say) are not in the graph")
+    following = _fallback(failure)
+    if following is not None and following.mode != failure.strategy.mode:
+        return (f"captured in eval mode: train mode{at} could not be traced: {_reason(failure.exc)}"
+                f"{_where(failure.exc, failure.model)}; code that runs in train mode only is not in the graph")
     what = "tracing" if failure.built else "building"
     original = failure.exc if failure.built else (failure.exc.__cause__ or failure.exc)
     return (f"built on CPU under fake tensors (no memory): {what} on the meta device failed{at}: "

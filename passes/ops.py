@@ -74,7 +74,8 @@ _VIEWS = (
     "view", "reshape", "_unsafe_view", "t", "numpy_T", "mT", "mH", "adjoint", "transpose", "swapaxes", "swapdims",
     "permute", "unsqueeze", "squeeze", "expand", "expand_as", "contiguous", "clone", "detach", "alias",
     "lift_fresh_copy", "_to_copy", "to", "type_as", "slice", "select", "narrow", "split", "split_with_sizes",
-    "chunk", "unbind", "flatten", "unflatten", "view_as", "reshape_as", "movedim", "dropout", "native_dropout",
+    "chunk", "unbind", "flatten", "unflatten", "view_as", "reshape_as", "movedim",
+    "dropout", "native_dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
     "neg", "repeat", "tile", "repeat_interleave", "flip", "roll", "as_strided", "getitem",
     # placing a tensor into a larger one (a ViT's cls token, a fused weight built by cat)
     "cat", "concat", "concatenate", "stack", "hstack", "vstack", "index_put", "slice_scatter", "select_scatter",

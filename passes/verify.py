@@ -41,7 +41,10 @@ def verify(factory, inputs, plan: Plan, width: int, realize_fn=realize) -> dict:
     want, want_grads = _run(oracle, inputs)
     differences = {
         "outputs": _compare("output", got, want, baseline["outputs"]),
-        "gradients": _compare("gradient of", got_grads, want_grads, baseline["gradients"]),
+        # None: the graph has no gradient path to the parameters (an autograd.Function whose forward
+        # runs under no_grad, such as reversible layers), so only the outputs can be compared
+        "gradients": None if want_grads is None else _compare("gradient of", got_grads, want_grads,
+                                                              baseline["gradients"]),
         "baseline": {k: max(v.values(), default=0.0) for k, v in baseline.items()},
     }
     _check_all_fired(realized, plan)
@@ -56,7 +59,8 @@ def _baseline(factory, width: int, inputs, exported, realized) -> dict:
     plain.train(exported.mode == "train")
     graph = _loaded(exported.program.module(), realized)
     (got, got_grads), (want, want_grads) = _run(plain, inputs), _run(graph, inputs)
-    return {"outputs": _distances(got, want), "gradients": _distances(got_grads, want_grads)}
+    return {"outputs": _distances(got, want),
+            "gradients": {} if want_grads is None else _distances(got_grads, want_grads)}
 
 
 def _loaded(module, realized):
@@ -83,9 +87,11 @@ def _run(module, inputs):
     leaves = [t for t in tree_leaves(outputs) if isinstance(t, torch.Tensor) and t.is_floating_point()]
     generator = torch.Generator().manual_seed(2)
     loss = sum((leaf.float() * torch.randn(leaf.shape, generator=generator)).sum() for leaf in leaves)
+    values = {str(i): leaf.detach() for i, leaf in enumerate(leaves)}
+    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+        return values, None
     loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
-    return {str(i): leaf.detach() for i, leaf in enumerate(leaves)}, grads
+    return values, {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
 def _compare(what: str, got: dict, want: dict, baseline: dict) -> float:

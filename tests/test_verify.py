@@ -201,3 +201,36 @@ class AlwaysCheckpointed(CheckpointedForward):
 def test_a_recomputation_outside_the_edits_scope_fails_loudly():
     with pytest.raises(VerificationError, match="recomputed for backward outside the module"):
         muprewrite.mupify(AlwaysCheckpointed, base=32, target=128, example_inputs=(torch.randn(2, 5, 8),))
+
+
+class _NoGradForward(torch.autograd.Function):
+    """Computes its forward under no_grad and its own backward (as reversible layers do): the
+    exported graph has no gradient path through it."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        with torch.no_grad():
+            return x @ weight.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return grad @ weight, grad.transpose(-1, -2) @ x
+
+
+class CustomBackward(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.inp, self.hidden, self.out = nn.Linear(8, width), nn.Linear(width, width), nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.out(_NoGradForward.apply(torch.relu(self.inp(x)), self.hidden.weight))
+
+
+def test_graph_without_gradient_path_is_verified_on_outputs_and_says_so():
+    result = muprewrite.mupify(CustomBackward, base=32, target=128, example_inputs=(torch.randn(4, 8),))
+    verification = result.report.verification
+    assert verification["gradients"] is None and verification["outputs"] <= 1e-5
+    assert "gradients not compared" in result.report.to_markdown()
+    assert result.plan.parameters["hidden.weight"].role == "hidden"
