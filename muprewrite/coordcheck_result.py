@@ -29,6 +29,7 @@ class NodeTrace:
     slopes: list = field(default_factory=list)  # [step] -> float | None (None: no slope)
     nonfinite: list = field(default_factory=list)  # [step] -> True when some size is NaN or inf
     judged: bool = True  # False: only ever multiplied or divided by a constant next; its user is judged
+    seed_sizes: list = field(default_factory=list)  # [seed][step][width index]: mean |x| per initialisation
 
     @property
     def label(self) -> str:
@@ -60,8 +61,17 @@ class CoordCheckResult:
     seeds: list = field(default_factory=lambda: [0])
 
     # ---- the verdict --------------------------------------------------------------------------
+    def statistic(self, trace: NodeTrace) -> tuple:
+        """(slope, standard error) the verdict judges a node by: one slope of log mean|x| against
+        log width pooled over steps 1..steps and every seed (`pooled_slope`); (inf, 0) when
+        training diverged at some width."""
+        if any(trace.nonfinite[1:]):
+            return math.inf, 0.0
+        return pooled_slope(self.widths, trace.seed_sizes, range(1, self.steps + 1))
+
     def failures(self, side: str = "mup") -> list:
-        """[(trace, step, slope)] with slope > threshold at some step >= 1, worst first (one row per node)."""
+        """[(trace, step, slope)] of the nodes whose pooled slope exceeds the threshold, worst first;
+        `step` is the step at which the node's own slope is largest (where to look)."""
         return [row for row in self.worst(side, None) if row[2] > self.threshold]
 
     @property
@@ -77,13 +87,29 @@ class CoordCheckResult:
         return "PASS" if self.passed else "FAIL"
 
     def worst(self, side: str, n: int | None = 10) -> list:
-        """The n judged nodes of `side` with the largest slope at steps >= 1, as (trace, step, slope)."""
+        """The n judged nodes of `side` with the largest pooled slope, as (trace, step, slope)."""
         rows = []
         for trace in self.traces.get(side, {}).values():
-            slope, step = trace.worst()
-            if trace.judged and slope is not None:
-                rows.append((trace, step, slope))
+            slope = self.statistic(trace)[0] if trace.judged else None
+            if slope is not None:
+                rows.append((trace, trace.worst()[1], slope))
         return sorted(rows, key=lambda r: -r[2])[:n]
+
+    def ci95(self, trace: NodeTrace) -> float:
+        """Half-width of the 95% interval of a node's pooled slope."""
+        return 1.96 * self.statistic(trace)[1]
+
+    def summary(self) -> str:
+        """One line: the verdict, the worst node with its slope ± 95% interval, its step and module."""
+        rows = self.worst("mup", 1)
+        if not rows:
+            return f"coordinate check: {self.verdict} (no judged node)"
+        trace, step, slope = rows[0]
+        value = "diverged" if math.isinf(slope) else f"{slope:+.3f} ± {self.ci95(trace):.3f}"
+        where = f"{trace.name} in {trace.module or '(root)'}" + (f" ({trace.module_type})" if trace.module_type else "")
+        return (f"coordinate check: {self.verdict} — worst node {where}: slope {value} (pooled over steps 1-"
+                f"{self.steps} and {len(self.seeds)} seed(s); threshold {self.threshold:g}); its largest growth at "
+                f"step {step}")
 
     # ---- views --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -92,13 +118,15 @@ class CoordCheckResult:
 
         def failure_record(trace, step, slope):
             return {"node": trace.name, "module": trace.module, "module_type": trace.module_type,
-                    "op": trace.op, "step": step, "slope": number(slope), "nonfinite": not math.isfinite(slope)}
+                    "op": trace.op, "step": step, "slope": number(slope), "ci95": number(self.ci95(trace)),
+                    "nonfinite": not math.isfinite(slope)}
 
         return {
             "model": self.model, "parametrization": self.parametrization, "base_width": self.base_width,
             "widths": self.widths, "steps": self.steps, "optimizer": self.optimizer, "lr": self.lr,
             "threshold": self.threshold, "loss": self.loss, "device": self.device, "seeds": self.seeds,
-            "verdict": self.verdict, "passed": self.passed,
+            "verdict": self.verdict, "passed": self.passed, "summary": self.summary(),
+            "statistic": "slope of log mean|x| vs log width, pooled over steps 1..steps and seeds",
             "failing": [failure_record(*row) for row in self.failing],
             "sides": {
                 side: {
@@ -121,15 +149,16 @@ class CoordCheckResult:
 
     def table(self, n: int = 10):
         """A rich renderable: the verdict, the worst nodes of the rewritten side and of SP."""
-        verdict = Text(f"coordinate check: {self.verdict}", style="bold green" if self.passed else "bold red")
+        verdict = Text(self.summary(), style="bold green" if self.passed else "bold red")
         detail = (f"{self.model + ': ' if self.model else ''}{self.parametrization} vs sp, widths "
                   f"{', '.join(map(str, self.widths))} (base {self.base_width}), {self.steps} steps of "
                   f"{self.optimizer} at lr {self.lr:g}, loss: {self.loss}, on {self.device}. PASS = no "
-                  f"activation of the {self.parametrization} model grows with width after step 1: "
-                  f"slope of log mean|x| vs log width <= {self.threshold:g}.")
+                  f"activation of the {self.parametrization} model grows with width after step 1: the "
+                  f"slope of log mean|x| vs log width, pooled over steps 1-{self.steps} and the seeds, is <= "
+                  f"{self.threshold:g} for every node.")
         parts = [verdict, Text(detail, style="dim")]
         if not self.passed:
-            names = ", ".join(f"{t.label} ({_fmt(s)} at step {step})" for t, step, s in self.failing[:5])
+            names = ", ".join(f"{t.label} ({_fmt(s)}, largest at step {step})" for t, step, s in self.failing[:5])
             more = f" and {len(self.failing) - 5} more" if len(self.failing) > 5 else ""
             parts.append(Text(f"growing with width: {names}{more}", style="red"))
         for side in ("mup", "sp"):
@@ -152,15 +181,18 @@ class CoordCheckResult:
         table.add_column("node", overflow="fold")
         for step in range(self.steps + 1):
             table.add_column(f"t={step}", justify="right")
+        table.add_column("pooled ± 95%", justify="right")
         table.add_column("growth", justify="right")
         for trace, _, worst in self.worst(side, n):
             style = "red" if worst > self.threshold else None
+            pooled = "diverged" if math.isinf(worst) else f"{worst:+.2f} ± {self.ci95(trace):.2f}"
             last = [x for x in trace.sizes[-1] if x is not None]
             growth = (f"×{last[-1] / last[0]:.3g}" if len(last) >= 2 and last[0] > 0 and math.isfinite(last[-1] / last[0])
                       else "-")
             node = f"{trace.name} (edit)" if "muprewrite edit" in trace.op else trace.name
             table.add_row(trace.module or "(root)", node,
-                          *(_fmt(s, trace.nonfinite[t]) for t, s in enumerate(trace.slopes)), growth, style=style)
+                          *(_fmt(s, trace.nonfinite[t]) for t, s in enumerate(trace.slopes)), pooled, growth,
+                          style=style)
         return table
 
     def plot(self, path, n_labels: int = 4) -> None:
@@ -198,11 +230,8 @@ class CoordCheckResult:
                 ax.set_xticks(self.widths, [str(w) for w in self.widths])
                 ax.tick_params(which="both", labelsize=7)
                 name = self.parametrization if side == "mup" else "sp"
-                verdict = "" if step == 0 else (" FAIL" if any(
-                    t.judged and (t.nonfinite[step] or _finite(t.slopes[step]) > self.threshold)
-                    for t in self.traces[side].values()) else " pass")
-                ax.set_title(f"{name}, step {step}{verdict}", fontsize=9,
-                             color="tab:red" if verdict == " FAIL" else "black")
+                growing = f", {len(failing)} node(s) grow" if failing and step >= 1 else ""
+                ax.set_title(f"{name}, step {step}{growing}", fontsize=9, color="tab:red" if growing else "black")
                 if step == 0:
                     ax.set_ylabel("mean |x|", fontsize=8)
                 if row == len(sides) - 1:
@@ -246,15 +275,42 @@ def fit_slope(widths, sizes) -> float | None:
     return sum((x - mx) * (y - my) for x, y in points) / sxx
 
 
+def pooled_slope(widths, seed_sizes, steps) -> tuple:
+    """(slope, standard error) of log(size) against log(width) pooled over seeds and `steps`: one
+    common slope with an intercept per (seed, step), fitted by least squares. The standard error is
+    the residuals' (how far the points are from one power law); (None, None) without two usable
+    points in some (seed, step), (slope, inf) when nothing is left to estimate the error with."""
+    sxy = sxx = 0.0
+    groups = []
+    for rows in seed_sizes:
+        for t in steps:
+            points = [(math.log(w), math.log(s)) for w, s in zip(widths, rows[t])
+                      if s is not None and s > 0 and math.isfinite(s)]
+            if len(points) < 2:
+                continue
+            mx, my = (sum(p[i] for p in points) / len(points) for i in (0, 1))
+            centred = [(x - mx, y - my) for x, y in points]
+            sxx += sum(x * x for x, _ in centred)
+            sxy += sum(x * y for x, y in centred)
+            groups.append(centred)
+    if not groups or sxx == 0:
+        return None, None
+    slope = sxy / sxx
+    residual = sum((y - slope * x) ** 2 for centred in groups for x, y in centred)
+    dof = sum(len(c) for c in groups) - len(groups) - 1
+    return slope, (math.sqrt(residual / dof / sxx) if dof > 0 else math.inf)
+
+
 def _nonfinite(sizes) -> bool:
     return any(s is not None and not math.isfinite(s) for s in sizes)
 
 
-def make_trace(name, widths, sizes, op="", module="", module_type="", judged=True) -> NodeTrace:
+def make_trace(name, widths, sizes, op="", module="", module_type="", judged=True, seed_sizes=None) -> NodeTrace:
     """A NodeTrace with its slopes fitted: sizes[step][width index]."""
     return NodeTrace(name=name, op=op, module=module, module_type=module_type, sizes=sizes,
                      slopes=[fit_slope(widths, row) for row in sizes],
-                     nonfinite=[_nonfinite(row) for row in sizes], judged=judged)
+                     nonfinite=[_nonfinite(row) for row in sizes], judged=judged,
+                     seed_sizes=seed_sizes if seed_sizes is not None else [sizes])
 
 
 def _finite(x) -> float:

@@ -34,3 +34,16 @@ def test_hf_perf_analysis_worker_plans_the_llama_7b_shape():
     result = run_worker("hf_perf.py", "analysis", 128)
     assert result["parameters"] == 291 and result["edits"] == 33   # 32 layers: 32 attention edits + lm_head
     assert result["seconds"] > 0 and result["peak_mib"] > 0
+
+
+def test_calibration_replays_runs_from_disjoint_seed_groups(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import coordcheck_calibration as calibration
+
+    widths = [32, 64, 128]
+    grows = [[[w ** 0.5 for w in widths]] * 3 for _ in range(4)]  # 4 seeds, steps 0..2
+    flat = [[[1.0 for _ in widths]] * 3 for _ in range(4)]
+    raw = {"widths": widths, "steps": 2, "seeds": 4, "nodes": {"a": {"seed_sizes": flat}, "b": {"seed_sizes": grows}}}
+    values = calibration.replay(raw, 2)
+    assert len(values["pooled"]) == 2 and all(abs(v - 0.5) < 1e-9 for v in values["pooled"])
+    assert all(abs(v - 0.5) < 1e-9 for v in values["max-step"])

@@ -204,3 +204,23 @@ def test_main_command_still_works(capsys):
     code = main([str(ROOT / "examples" / "mlp.py"), "--json", "--target", "128"])
     out, _ = capsys.readouterr()
     assert code == 0 and json.loads(out)["target_width"] == 128
+
+
+def test_pooled_slope_is_exact_on_power_laws_with_own_intercepts():
+    """Each seed and step may sit at its own height: the pooled slope is the common exponent."""
+    from muprewrite.coordcheck_result import pooled_slope
+
+    widths = [32, 64, 128, 256]
+    seeds = [[[c * w ** 0.3 for w in widths] for c in (1.0, 2.0, 5.0)] for _ in range(2)]
+    slope, error = pooled_slope(widths, seeds, range(3))
+    assert math.isclose(slope, 0.3, rel_tol=1e-9) and error < 1e-9
+    noisy = [[[w ** 0.3 * (1.1 if (i + s) % 2 else 0.9) for i, w in enumerate(widths)]] for s in range(2)]
+    slope, error = pooled_slope(widths, noisy, range(1))
+    assert error > 0.01  # a bent line: the interval says so
+
+
+def test_verdict_line_names_node_module_step_and_interval():
+    result = run_mlp(parametrization="sp", compare_sp=False)
+    line = result.summary()
+    assert line.startswith("coordinate check: FAIL") and "readout" in line and "±" in line and "step" in line
+    assert json.loads(result.to_json())["failing"][0]["ci95"] >= 0
