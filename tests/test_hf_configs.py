@@ -6,6 +6,7 @@ configs in fixtures/hf_configs/ are the published ones with fewer layers and a s
 """
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from muprewrite import hf  # noqa: E402
+from muprewrite.hf import inputs as hf_inputs  # noqa: E402
 from muprewrite.errors import MuRewriteError  # noqa: E402
 from muprewrite.loading import load_model_file  # noqa: E402
 
@@ -513,3 +515,19 @@ def test_readme_hugging_face_example_runs(monkeypatch, capsys):
     exec(compile(block.split("```")[0], "README.md", "exec"), namespace)
     assert (namespace["base"], namespace["delta"], namespace["target"]) == (256, 512, 4096)
     assert "'head_dim': 128" in capsys.readouterr().out
+
+
+def test_bare_multimodal_type_keeps_its_image_tokens_within_the_small_images_patches():
+    """Gemma 3 pools patches into mm_tokens_per_image tokens: 256 tokens cannot come out of a 32-pixel
+    image's 4 x 4 patches; the count shrinks to a square that pools whole patches."""
+    config = hf.factory("gemma3").config
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    tokens = config.mm_tokens_per_image
+    assert tokens <= side * side and math.isqrt(tokens) ** 2 == tokens and side % math.isqrt(tokens) == 0
+
+
+def test_bare_type_gets_a_free_placeholder_id_where_its_default_leaves_none():
+    config = hf.factory("voxtral").config
+    others = {v for path, v in hf_inputs._token_id_fields(config) if path[-1] != "audio_token_id"}
+    assert isinstance(config.audio_token_id, int) and config.audio_token_id < hf.VOCAB
+    assert config.audio_token_id not in others

@@ -9,7 +9,7 @@ import torch
 from .configs import (
     _attr, _is_config, _is_int_or_ints, _map_values, _own_fields, _set_path, _sub_config_names, _text_config,
 )
-from .patterns import SMALL_IMAGE, TEXT_TOKENS, TOKEN_ID, VOCAB
+from .patterns import PLACEHOLDER_ID, SMALL_IMAGE, TEXT_TOKENS, TOKEN_ID, VOCAB
 
 
 def _valid_token_ids(spec: dict, config, vocab: int | None = None) -> tuple:
@@ -24,6 +24,36 @@ def _valid_token_ids(spec: dict, config, vocab: int | None = None) -> tuple:
                 _set_path(spec, path, new)
                 remapped[".".join(path)] = new
     return spec, remapped
+
+
+def _placeholder_ids(spec: dict, config, vocab: int) -> dict:
+    """A bare type whose default leaves a modality's placeholder id unset (Voxtral's audio_token_id,
+    filled in by its processor) gets a free id at the top of the vocabulary."""
+    used = {v for _, value in _token_id_fields(config) for v in (value if isinstance(value, list) else [value])}
+    used |= {v for v in _spec_token_ids(spec)}
+    for path in _unset_placeholders(config):
+        free = next(i for i in range(vocab - 1, -1, -1) if i not in used)
+        _set_path(spec, path, free)
+        used.add(free)
+    return spec
+
+
+def _unset_placeholders(config, prefix=()):
+    for name, value in _own_fields(config):
+        if value is None and re.fullmatch(PLACEHOLDER_ID, name):
+            yield prefix + (name,)
+    for name in _sub_config_names(config):
+        sub = _attr(config, name)
+        if _is_config(sub):
+            yield from _unset_placeholders(sub, prefix + (name,))
+
+
+def _spec_token_ids(spec: dict):
+    for name, value in spec.items():
+        if isinstance(value, dict):
+            yield from _spec_token_ids(value)
+        elif re.fullmatch(TOKEN_ID, name) and isinstance(value, int):
+            yield value
 
 
 def _token_id_fields(config, prefix=()):

@@ -52,3 +52,5 @@ POSITION_SHAPE = r".*pos\w*_shape"  # positions factored into axes (Reformer's a
 ROTARY_FRACTION = r"partial_rotary_factor|rotary_pct"  # the fraction of each head that rotary embeddings rotate
 TOKEN_ID = r".*token_ids?|.*token_index"
 TEXT_TOKENS = r"(pad|bos|eos|unk|sep|cls|mask|decoder_start|forced_bos|forced_eos)_token_ids?"
+TOKENS_PER_IMAGE = r".*tokens_per_image"  # placeholder tokens an image's features fill
+PLACEHOLDER_ID = r"(image|audio|video)_token_(id|index)"  # the id standing for a modality's features

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import MuRewriteError
 from .configs import _Source, _attr, _build_config, _first_line, _sub_config_names, model_types
-from .inputs import _valid_token_ids
+from .inputs import _placeholder_ids, _valid_token_ids
 from .patterns import DROPPED_KEYS, TASKS, VOCAB
 from .small import _small_spec
 
@@ -77,7 +77,7 @@ def _bare_source(model_type: str, grow: str, transformers, grouped: bool = True,
                              f"{_first_line(exc)}; pass a config.json instead") from exc
     spec = _small_spec(default, grow, grouped, shallow)
     spec, _ = _valid_token_ids(spec, default, VOCAB)
-    return _Source(type(default), spec, model_type, "type", {})
+    return _Source(type(default), _placeholder_ids(spec, default, VOCAB), model_type, "type", {})
 
 
 def _task(model_type: str, config, task: str | None, transformers) -> str:

@@ -15,7 +15,7 @@ from .patterns import (
     BASE_WIDTH, DROPPED_KEYS, EXPERTS, FEATURE_SIZE, GROUPS, HEAD_SIZE_STEP, KV_HEADS, LAYER_INDICES, LAYER_INTERVAL,
     LAYER_SUBSET, POSITION_SHAPE, POSITIONS, ROTARY_FRACTION, SEQUENCE_LENGTH, SHARED_EXPERTS, SIZE_STEP,
     SMALL_EXPERTS, SMALL_GROUPED_HEADS, SMALL_HEADS, SMALL_HIDDEN, SMALL_IMAGE, SMALL_LAYERS, SMALL_PATCH,
-    SMALL_POSITIONS, SMALL_TOP_K, SMALL_WINDOW, TOP_K, VOCAB,
+    SMALL_POSITIONS, SMALL_TOP_K, SMALL_WINDOW, TOKENS_PER_IMAGE, TOP_K, VOCAB,
 )
 
 
@@ -58,7 +58,38 @@ def _small_spec(config, grow: str, grouped: bool = True, shallow: bool = True) -
     for name in _sub_config_names(config):
         sub = _attr(config, name)
         spec[name] = {"model_type": sub.model_type, **_small_spec(sub, grow, grouped, shallow)}
+    spec.update(_tokens_per_image(config, spec))
     return spec
+
+
+def _tokens_per_image(config, spec: dict) -> dict:
+    """Image token counts (`mm_tokens_per_image`, ...) shrunk with the image's patches per side: a
+    projector pooling 64 x 64 patches into 16 x 16 tokens pools the small image's 4 x 4 patches
+    into 1 x 1; never more tokens than patches, and a square count pools whole patches."""
+    vision = _attr(config, "vision_config")
+    small = spec.get("vision_config", {})
+    sides = [_patch_side(_attr(vision, "image_size"), _attr(vision, "patch_size")),
+             _patch_side(small.get("image_size", _attr(vision, "image_size")),
+                         small.get("patch_size", _attr(vision, "patch_size")))] if vision is not None else [None]
+    if None in sides or sides[0] == sides[1]:
+        return {}
+    shrunk = {}
+    for name, value in _own_fields(config):
+        if re.fullmatch(TOKENS_PER_IMAGE, name) and _is_int(value) and value > 0:
+            side = math.isqrt(value)
+            if side * side == value:  # pooled to a square: a whole number of patches per token
+                wanted = min(max(1, round(side * sides[1] / sides[0])), sides[1])
+                shrunk[name] = max(d for d in range(1, wanted + 1) if sides[1] % d == 0) ** 2
+            else:
+                shrunk[name] = max(1, min(round(value * (sides[1] / sides[0]) ** 2), sides[1] ** 2))
+    return shrunk
+
+
+def _patch_side(image_size, patch_size):
+    """Patches along one side of a square image, or None."""
+    size = image_size[0] if isinstance(image_size, (list, tuple)) and image_size else image_size
+    patch = patch_size[0] if isinstance(patch_size, (list, tuple)) and patch_size else patch_size
+    return size // patch if _is_int(size) and _is_int(patch) and patch > 0 else None
 
 
 def _shrink(config, grow: str, grouped: bool, shallow: bool) -> _Shrink:
