@@ -10,3 +10,12 @@ from .passes.emit import param_groups
 from .plan import Plan
 
 __all__ = ["mupify", "apply_plan", "param_groups", "Plan", "Result", "MuRewriteError", "VerificationError"]
+_SUBMODULES = ("hf", "coordcheck")  # imported on first use: muprewrite.hf needs transformers
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,10 +14,12 @@ from .api import mupify
 from .errors import MuRewriteError
 from .hf import GROWS
 from .loading import load_model_file
+from .passes.emit import check_out_dir
 from .rules import PARAMETRIZATIONS
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +60,11 @@ def guarded(run_command, args) -> int:
     """Run a command: bad input is one line and exit 2, our bugs one line and exit 3 (--debug: tracebacks)."""
     try:
         return run_command(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        _error("interrupted")
+        return EXIT_INTERRUPTED
     except MuRewriteError as exc:
         if args.debug:
             raise
@@ -72,6 +79,8 @@ def guarded(run_command, args) -> int:
 
 def run(args) -> int:
     # With --json, stdout carries the plan only: whatever the model's own code prints goes to stderr.
+    if args.out:
+        check_out_dir(args.out)  # before the work, not after it
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         result = compile_model(args)
         paths = result.save(args.out) if args.out else []

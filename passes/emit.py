@@ -7,6 +7,8 @@ Writes: optimizer parameter groups — plain dicts any `torch.optim` optimizer, 
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from torch import nn
@@ -70,10 +72,37 @@ def _entry(plan: Plan, name: str, prefix: list):
                          "(or the module holding it)")
 
 
-def write_artifacts(plan: Plan, report, out_dir) -> list:
+ARTIFACTS = ("plan.json", "report.md", "report.html")
+
+
+def check_out_dir(out_dir) -> Path:
+    """The folder the artifacts will go to, created; a one-line error now (before any work) when
+    it is a file, cannot be created, or an artifact's name there is taken by a folder."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"plan.json": plan.to_json(), "report.md": report.to_markdown(), "report.html": report.to_html()}
-    for name, text in files.items():
-        (out / name).write_text(text)
-    return [out / name for name in files]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MuRewriteError(f"--out {out_dir}: not a folder (a file of that name is in the way); pick another path")
+    except OSError as exc:
+        raise MuRewriteError(f"--out {out_dir}: cannot create it ({exc.strerror}); pick a writable path") from exc
+    taken = [name for name in ARTIFACTS if (out / name).is_dir()]
+    if taken:
+        raise MuRewriteError(f"--out {out_dir}: {taken[0]} there is a folder; remove it or pick another folder")
+    if not os.access(out, os.W_OK):
+        raise MuRewriteError(f"--out {out_dir}: not writable; pick a writable folder")
+    return out
+
+
+def write_artifacts(plan: Plan, report, out_dir) -> list:
+    """plan.json, report.md and report.html, each written whole or not at all (temp file + rename)."""
+    out = check_out_dir(out_dir)
+    texts = dict(zip(ARTIFACTS, (plan.to_json(), report.to_markdown(), report.to_html())))
+    for name, text in texts.items():
+        with tempfile.NamedTemporaryFile("w", dir=out, prefix=f".{name}.", delete=False, encoding="utf-8") as tmp:
+            try:
+                tmp.write(text)
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
+        os.replace(tmp.name, out / name)
+    return [out / name for name in ARTIFACTS]

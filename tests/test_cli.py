@@ -85,6 +85,7 @@ def test_keyword_example_inputs_and_dict_outputs(capsys):
         ([FIXTURES / "expert_hit_loop.py"], "the number of loop iterations depends on tensor values"),
         ([ROOT / "examples" / "mlp.py", "--base", "64", "--delta", "64"], "delta width must differ"),
         ([FIXTURES / "ignores_width.py", "--base", "0"], "positive integer"),
+        ([ROOT / "examples" / "mlp.py", "--base", "128", "--target", "64"], "below the base width 128"),
     ],
 )
 def test_bad_input_is_one_line_error(capsys, args, expected):
@@ -134,3 +135,29 @@ def test_rewrite_options_from_the_command_line(capsys):
                          ("alpha_out=-1", "positive number")):
         code, out, err = run_cli(capsys, ROOT / "examples" / "mlp.py", "--option", bad)
         assert code == EXIT_USER_ERROR and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("blocker", ["file", "report.md folder"])
+def test_unusable_out_is_refused_before_the_work_and_leaves_nothing(tmp_path, capsys, blocker):
+    out = tmp_path / "out"
+    if blocker == "file":
+        out.write_text("in the way")
+    else:
+        (out / "report.md").mkdir(parents=True)
+    code, stdout, err = run_cli(capsys, FIXTURES / "ignores_width.py", "--out", out)  # would fail later
+    assert code == EXIT_USER_ERROR and "--out" in err and len(err.strip().splitlines()) == 1, err
+    assert "seems to ignore its width" not in err  # refused before compiling
+    assert not (out.is_dir() and (out / "plan.json").exists())
+
+
+def test_interrupt_is_one_line_and_exit_130():
+    done = subprocess.run([sys.executable, "-m", "muprewrite.cli", str(FIXTURES / "interrupts.py")],
+                          capture_output=True, text=True)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().endswith("interrupted") and "Traceback" not in done.stderr
+
+
+def test_hf_is_reachable_after_import_muprewrite():
+    code = "import muprewrite; print(callable(muprewrite.hf.factory))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
