@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,16 +109,17 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
         try:
-            return cls(
-                **{k: data[k] for k in ("parametrization", "base_width", "delta_width", "target_width")},
-                options=data.get("options", {}),
-                parameters={k: ParamPlan(**v) for k, v in data["parameters"].items()},
-                edits=[Edit(**e) for e in data["edits"]],
-                warnings=[PlanWarning(**w) for w in data["warnings"]],
-                notes=list(data.get("notes", [])),
-            )
-        except (KeyError, TypeError) as exc:
-            raise MuRewriteError(f"not a muprewrite plan ({exc}); pass a plan.json written by muprewrite") from exc
+            _check_fields(Plan, data, "the plan", ("options", "notes"))
+            parameters = {k: ParamPlan(**_check_fields(ParamPlan, v, f"parameter {k!r}")) for k, v in
+                          data["parameters"].items()}
+            edits = [Edit(**_check_fields(Edit, e, f"edit {i}")) for i, e in enumerate(data["edits"])]
+            warnings = [PlanWarning(**_check_fields(PlanWarning, w, f"warning {i}"))
+                        for i, w in enumerate(data["warnings"])]
+            return cls(**{k: data[k] for k in ("parametrization", "base_width", "delta_width", "target_width")},
+                       options=data.get("options", {}), parameters=parameters, edits=edits, warnings=warnings,
+                       notes=list(data.get("notes", [])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MuRewriteError(f"not a muprewrite plan: {exc}; pass a plan.json written by muprewrite") from exc
 
     @classmethod
     def load(cls, path) -> "Plan":
@@ -129,3 +131,39 @@ class Plan:
         except json.JSONDecodeError as exc:
             raise MuRewriteError(f"{path} is not valid JSON ({exc}); pass a plan.json written by muprewrite") from exc
         return cls.from_dict(data)
+
+
+# Loading: every field has the type its dataclass declares, every kind is one muprewrite writes.
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list": (list,), "dict": (dict,)}
+_KINDS = {  # field -> the values muprewrite writes
+    "role": ("input", "hidden", "output", "vector", "scalar", "unclassified"),
+    "kind": ("readout_multiplier", "weight_multiplier", "attention_scale"),
+    "realized_by": ("forward_pre_hook", "call_interception"),
+    "apply_to": ("input", "scale_kwarg"),
+}
+
+
+def _check_fields(cls, values, what: str, optional=()) -> dict:
+    """`values` (a JSON object) as `cls` declares it: required fields present, no unknown ones,
+    each of its declared type, kinds among muprewrite's."""
+    if not isinstance(values, dict):
+        raise TypeError(f"{what} is a {type(values).__name__}, not an object")
+    declared = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise ValueError(f"{what} has unknown field {unknown[0]!r}")
+    for name, spec in declared.items():
+        required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+        if name not in values:
+            if required and name not in optional:
+                raise KeyError(f"{what} lacks {name!r}")
+            continue
+        value, types = values[name], str(spec.type).split(" | ")
+        allowed = tuple(t for name_ in types if name_ != "None" for t in _TYPES.get(name_, (object,)))
+        if (value is None and "None" in types) or (isinstance(value, allowed) and
+                                                   not (isinstance(value, bool) and bool not in allowed)):
+            if spec.name in _KINDS and cls is not PlanWarning and value not in _KINDS[spec.name]:
+                raise ValueError(f"{what}: {name} {value!r} is not one of {', '.join(_KINDS[spec.name])}")
+            continue
+        raise TypeError(f"{what}: {name} is {value!r}, expected {spec.type}")
+    return values

@@ -118,6 +118,25 @@ def test_bad_plan_files_are_one_line_errors(tmp_path):
         Plan.load(tmp_path / "other.json")
 
 
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda d: d.update(target_width="256"), "target_width is '256', expected int"),
+    (lambda d: d["edits"][0].update(kind="magic_multiplier"), "kind 'magic_multiplier' is not one of"),
+    (lambda d: d["edits"][0].update(new=True), "new is True, expected float"),
+    (lambda d: next(iter(d["parameters"].values())).update(role="hiden"), "role 'hiden' is not one of"),
+    (lambda d: next(iter(d["parameters"].values())).update(lr_mult=[1, 2]), "lr_mult is [1, 2], expected dict"),
+    (lambda d: next(iter(d["parameters"].values())).pop("shape"), "lacks 'shape'"),
+    (lambda d: d["edits"][0].update(extra=1), "unknown field 'extra'"),
+    (lambda d: d.update(edits={}), "edits is {}, expected list"),
+])
+def test_plan_with_wrong_types_or_kinds_is_refused_naming_the_field(tied, tmp_path, corrupt, message):
+    data = json.loads(tied.plan.to_json())
+    corrupt(data)
+    (tmp_path / "plan.json").write_text(json.dumps(data))
+    with pytest.raises(MuRewriteError, match="not a muprewrite plan") as info:
+        Plan.load(tmp_path / "plan.json")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
 def test_param_groups_see_through_compile_and_ddp_wrappers(tied):
     compiled = torch.compile(tied.model)
     by_name = {n: g["lr"] for g in muprewrite.param_groups(compiled, tied.plan, lr=1e-3) for n in g["names"]}
