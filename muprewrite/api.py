@@ -52,6 +52,13 @@ class Result:
     def __rich__(self):
         return self.report.__rich__()
 
+    def __repr__(self) -> str:
+        plan = self.plan
+        model = type(self.model).__name__ if self.model is not None else "none (materialize=False)"
+        return (f"Result({plan.parametrization}, widths {plan.base_width}/{plan.delta_width}/{plan.target_width}, "
+                f"{len(plan.parameters)} parameters, {len(plan.edits)} edits, {len(plan.warnings)} warnings; "
+                f"model: {model})")
+
     def _repr_html_(self) -> str:
         return self.report.to_html()
 

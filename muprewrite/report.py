@@ -36,12 +36,13 @@ class Report:
         return Group(*parts)
 
     def to_text(self, width: int = 140) -> str:
-        console = Console(file=io.StringIO(), width=width, color_system=None)
+        console = Console(file=io.StringIO(), width=width, color_system=None, force_jupyter=False)
         console.print(self)
         return console.file.getvalue()
 
     def to_html(self) -> str:
-        console = Console(record=True, file=io.StringIO(), width=140)
+        # force_jupyter=False: in a notebook rich would also display what it renders here (twice)
+        console = Console(record=True, file=io.StringIO(), width=140, force_jupyter=False)
         console.print(self)
         return console.export_html(inline_styles=True)
 

@@ -143,3 +143,17 @@ def test_param_groups_see_through_compile_and_ddp_wrappers(tied):
     assert by_name["_orig_mod.blocks.0.mlp.c_fc.weight"] == pytest.approx(1e-3 / 4)
     with pytest.raises(MuRewriteError, match="not in the plan"):
         muprewrite.param_groups(mlp.make_model(128), tied.plan, lr=1e-3)
+
+
+def test_report_renders_once_in_a_notebook_and_result_repr_is_short(tied, monkeypatch):
+    """In Jupyter rich displays whatever a Console prints: rendering the HTML must not display it again."""
+    import rich.console
+    import rich.jupyter
+
+    displayed = []
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)
+    monkeypatch.setattr(rich.jupyter, "display", lambda *args, **kwargs: displayed.append(args))
+    html, text = tied.report.to_html(), tied.report.to_text()
+    assert "<html" in html.lower() and "hidden" in text and displayed == []
+    line = repr(tied)
+    assert line.startswith("Result(mup, widths 32/64/128") and "\n" not in line and len(line) < 160
