@@ -332,7 +332,7 @@ def test_width_rule_is_json_and_says_what_was_done():
 def test_example_inputs_match_the_model():
     assert hf.example_inputs("llama")["input_ids"].shape == (2, 16)
     seq2seq = hf.example_inputs("bart")
-    assert set(seq2seq) == {"input_ids", "decoder_input_ids"}
+    assert set(seq2seq) == {"input_ids", "decoder_input_ids", "attention_mask"}
     assert hf.example_inputs("vit")["pixel_values"].shape == (2, 3, 32, 32)
     assert hf.example_inputs(CONFIGS / "Qwen3-8B")["input_ids"].max() < 256
     make_model = hf.factory("t5")

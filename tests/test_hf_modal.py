@@ -100,7 +100,7 @@ def test_a_modality_that_cannot_be_placed_leaves_text_only_inputs_and_the_clear_
     # without an audio token id the audio features have nowhere to go in input_ids
     factory = hf.factory("voxtral", fixed={"audio_token_id": None})
     inputs = hf.example_inputs(factory)
-    assert set(inputs) == {"input_ids", "decoder_input_ids"} and inputs["input_ids"].shape == (2, 16)
+    assert set(inputs) == {"input_ids", "decoder_input_ids", "attention_mask"} and inputs["input_ids"].shape == (2, 16)
     base, delta, target = hf.widths(factory)
     with pytest.raises(MuRewriteError, match="audio_tower.* is not used by the model's forward"):
         muprewrite.mupify(factory, base=base, delta=delta, target=target, example_inputs=inputs, materialize=False)
@@ -114,4 +114,4 @@ def test_a_placeholder_count_that_changes_with_width_leaves_text_only_inputs(ima
     counted = modal._placeholder_count
     monkeypatch.setattr(modal, "_placeholder_count", lambda model, found, text: counted(model, found, text) + (
         modal._text_width(model) != base))
-    assert set(hf.example_inputs(factory)) == {"input_ids"}
+    assert set(hf.example_inputs(factory)) == {"input_ids", "attention_mask"}  # no pixel_values

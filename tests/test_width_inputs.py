@@ -59,4 +59,4 @@ def test_hf_decoder_without_cross_attention_keeps_plain_inputs():
     from muprewrite import hf
 
     inputs = hf.example_inputs("gpt2")  # its forward takes encoder_hidden_states, but it has no cross-attention
-    assert isinstance(inputs, dict) and set(inputs) == {"input_ids"}
+    assert isinstance(inputs, dict) and set(inputs) == {"input_ids", "attention_mask"}

@@ -15,6 +15,8 @@ line the same models are `muprewrite hf:qwen3`, `muprewrite hf:path/to/config.js
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..errors import MuRewriteError
@@ -111,4 +113,6 @@ def example_inputs(config_or_type, *, task: str | None = None, fixed: dict | Non
     inputs = {"input_ids": tokens, "decoder_input_ids": tokens[:, :8]} if task == "seq2seq-lm" else \
         {"input_ids": tokens}
     inputs = {**inputs, **modal_inputs(make_model, inputs, generator)}
+    if "attention_mask" in inspect.signature(make_model.model_class.forward).parameters:
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])  # as a tokenizer returns it: no padding
     return with_encoder_states(make_model, inputs) or inputs
