@@ -12,13 +12,15 @@ rate over 200 resampled groups). The statistics:
 * `pooled` — one slope per node over steps 1..T and the k seeds (an intercept per seed and step,
   `coordcheck_result.pooled_slope`), the worst over nodes.
 
-Correct: muprewrite's rewrite of every bundled example. Mistakes (on gpt_sdpa unless named):
+Correct: muprewrite's rewrite of every bundled example (and of two Hugging Face models at the
+zoo's small configs, hf:llama and hf:gpt2, which the committed results do not include yet). Mistakes (on gpt_sdpa unless named):
 SP; the readout multiplier removed; the hidden Adam LR not divided by width; the SP attention
 scale with materialised logits (gpt_manual, attention edits removed); the hidden init not
 rescaled (the model's own std kept at every width).
 
     python benchmarks/coordcheck_calibration.py run                 # ~1 h on 2 cores (40 seeds each)
     python benchmarks/coordcheck_calibration.py run --only gpt_sdpa,sp --lr 3e-3
+    python benchmarks/coordcheck_calibration.py run --only cnn --seeds 40 --more    # 40 more seeds
     python benchmarks/coordcheck_calibration.py report              # the tables from the raw runs
 
 Raw runs go to OUT/coordcheck_calibration_raw/ (not committed); the report to
@@ -89,18 +91,31 @@ CONFIGS = [Config(name, name, True) for name in EXAMPLES[2:4]] + [
     Config("hidden LR not divided", "gpt_sdpa", False, plan_transform=hidden_lr_not_divided),
     Config("SP attention scale (materialised logits)", "gpt_manual", False, plan_transform=without_attention_scale),
     Config("hidden init not rescaled", "gpt_sdpa", False, plan_transform=hidden_init_not_rescaled),
-] + [Config(name, name, True) for name in EXAMPLES[:2] + EXAMPLES[4:]]  # the two GPTs first: the hardest
+] + [Config(name, name, True) for name in EXAMPLES[:2] + EXAMPLES[4:]] + [  # the two GPTs first: the hardest
+    Config("hf:llama", "hf:llama", True), Config("hf:gpt2", "hf:gpt2", True)]
 
 
 # Running ---------------------------------------------------------------------------------------
 
-def run_config(config: Config, seeds: int, lr: float | None) -> dict:
-    """One coordinate check of `config` with `seeds` seeds; the judged nodes' per-seed sizes."""
+def subject(example: str) -> tuple:
+    """(factory, base width, example inputs) of a bundled example or of "hf:TYPE"."""
+    if example.startswith("hf:"):
+        from muprewrite import hf
+
+        factory = hf.factory(example[3:])
+        return factory, hf.widths(factory)[0], hf.example_inputs(factory)
+    module = importlib.import_module(example)
+    return module.make_model, module.BASE_WIDTH, module.example_inputs()
+
+
+def run_config(config: Config, seeds: int, lr: float | None, first_seed: int = 0) -> dict:
+    """One coordinate check of `config` with seeds first_seed, ..., first_seed + seeds - 1; the
+    judged nodes' per-seed sizes."""
     from muprewrite.coordcheck import coordcheck
 
-    example = importlib.import_module(config.example)
+    factory, base, inputs = subject(config.example)
     start = time.perf_counter()
-    result = coordcheck(example.make_model, base=example.BASE_WIDTH, example_inputs=example.example_inputs(),
+    result = coordcheck(factory, base=base, example_inputs=inputs, seed=first_seed,
                         parametrization=config.parametrization, plan_transform=config.plan_transform,
                         compare_sp=False, seeds=seeds, lr=lr, device="cpu", name=config.name)
     nodes = {name: {"module": t.module, "seed_sizes": t.seed_sizes}
@@ -108,6 +123,15 @@ def run_config(config: Config, seeds: int, lr: float | None) -> dict:
     return {"config": config.name, "example": config.example, "correct": config.correct, "lr": result.lr,
             "widths": result.widths, "steps": result.steps, "seeds": seeds,
             "seconds": time.perf_counter() - start, "nodes": nodes}
+
+
+def merged(earlier: dict | None, raw: dict) -> dict:
+    """`raw` appended to the seeds of an earlier run of the same configuration (same nodes)."""
+    if earlier is None or earlier["nodes"].keys() != raw["nodes"].keys():
+        return raw
+    for name, node in raw["nodes"].items():
+        earlier["nodes"][name]["seed_sizes"] += node["seed_sizes"]
+    return {**earlier, "seeds": earlier["seeds"] + raw["seeds"], "seconds": earlier["seconds"] + raw["seconds"]}
 
 
 def raw_path(out: Path, name: str, lr: float) -> Path:
@@ -236,12 +260,20 @@ def default_protocol(summary: dict) -> list:
             "were left out of this run for time."]
 
 
+def _seeds_done(out: Path, config: Config, lr: float | None) -> int:
+    from muprewrite.coordcheck import DEFAULT_LR
+
+    path = raw_path(out, config.name, lr if lr is not None else DEFAULT_LR["adam"])
+    return json.loads(path.read_text())["seeds"] if path.exists() else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["run", "report"])
     parser.add_argument("--only", help="comma-separated configuration names (default: all)")
     parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--lr", type=float, help="Adam LR (default: the coordinate check's)")
+    parser.add_argument("--more", action="store_true", help="add --seeds new seeds to the raw runs already there")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     out = Path(args.out)
@@ -253,10 +285,11 @@ def main() -> None:
             task = progress.add_task("calibration", total=len(chosen))
             for config in chosen:
                 progress.update(task, description=config.name)
-                raw = run_config(config, args.seeds, args.lr)
+                raw = run_config(config, args.seeds, args.lr, args.more and _seeds_done(out, config, args.lr))
                 path = raw_path(out, config.name, raw["lr"])
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(raw))
+                earlier = json.loads(path.read_text()) if args.more and path.exists() else None
+                path.write_text(json.dumps(merged(earlier, raw)))
                 progress.advance(task)
         return
     env = environment()

@@ -47,3 +47,14 @@ def test_calibration_replays_runs_from_disjoint_seed_groups(monkeypatch):
     values = calibration.replay(raw, 2)
     assert len(values["pooled"]) == 2 and all(abs(v - 0.5) < 1e-9 for v in values["pooled"])
     assert all(abs(v - 0.5) < 1e-9 for v in values["max-step"])
+
+
+def test_calibration_merges_more_seeds_into_an_earlier_run(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import coordcheck_calibration as calibration
+
+    earlier = {"seeds": 2, "seconds": 1.0, "nodes": {"a": {"seed_sizes": [[[1.0]], [[2.0]]]}}}
+    more = {"seeds": 1, "seconds": 0.5, "nodes": {"a": {"seed_sizes": [[[3.0]]]}}}
+    merged = calibration.merged(earlier, more)
+    assert merged["seeds"] == 3 and merged["nodes"]["a"]["seed_sizes"] == [[[1.0]], [[2.0]], [[3.0]]]
+    assert calibration.merged(None, more) is more
