@@ -163,9 +163,6 @@ def _check_widths(base: int, delta: int | None, target: int) -> Widths:
             raise MuRewriteError(f"{name} width must be a positive integer, got {value!r}")
     if delta == base:
         raise MuRewriteError(f"delta width must differ from base width ({base}); e.g. delta = 2 * base")
-    if target < base:
-        raise MuRewriteError(f"target width {target} is below the base width {base}: muP transfers from a narrow "
-                             "base to a wider target; swap them")
     return Widths(base, delta, target)
 
 

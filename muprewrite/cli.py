@@ -98,6 +98,9 @@ def compile_model(args):
     factory, module = load_model_file(args.model, args.grow)
     base = _width(args.base, module, "BASE_WIDTH", "--base")
     target = _width(args.target, module, "TARGET_WIDTH", "--target")
+    if isinstance(base, int) and isinstance(target, int) and target < base:  # coordcheck may plan below the base
+        raise MuRewriteError(f"target width {target} is below the base width {base}: muP transfers from a narrow "
+                             "base to a wider target; swap them")
     inputs = _example_inputs(module)
     return mupify(factory, base=base, delta=args.delta, target=target, example_inputs=inputs,
                   parametrization=args.parametrization, options=parse_options(args.option),

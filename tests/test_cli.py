@@ -1,6 +1,7 @@
 """The command line: artifacts, JSON, model loading, and one-line errors for bad input."""
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -151,8 +152,10 @@ def test_unusable_out_is_refused_before_the_work_and_leaves_nothing(tmp_path, ca
 
 
 def test_interrupt_is_one_line_and_exit_130():
+    # a background job's shell may ignore SIGINT, and Python then never raises KeyboardInterrupt: restore it
     done = subprocess.run([sys.executable, "-m", "muprewrite.cli", str(FIXTURES / "interrupts.py")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().endswith("interrupted") and "Traceback" not in done.stderr
 
