@@ -7,6 +7,7 @@ import inspect
 
 import torch
 
+from ..passes.capture import to_device
 from .configs import _attr
 
 STATES_LENGTH = 8  # encoder positions the decoder attends to
@@ -67,16 +68,8 @@ def _modules_run(make_model, width: int, inputs: dict) -> set:
             hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: ran.add(name)))
     try:
         with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
-            model(**{k: _to_meta(v) for k, v in inputs.items()})
+            model(**to_device(inputs, "meta"))
     finally:
         for hook in hooks:
             hook.remove()
     return ran
-
-
-def _to_meta(value):
-    if isinstance(value, torch.Tensor):
-        return value.to("meta")
-    if isinstance(value, tuple):
-        return tuple(_to_meta(v) for v in value)
-    return value
