@@ -12,8 +12,11 @@ rate over 200 resampled groups). The statistics:
 * `pooled` — one slope per node over steps 1..T and the k seeds (an intercept per seed and step,
   `coordcheck_result.pooled_slope`), the worst over nodes.
 
-Correct: muprewrite's rewrite of every bundled example (and of two Hugging Face models at the
-zoo's small configs, hf:llama and hf:gpt2, which the committed results do not include yet). Mistakes (on gpt_sdpa unless named):
+Correct: muprewrite's rewrite of every bundled example and of two Hugging Face models at the
+zoo's small configs (hf:llama, hf:gpt2); and the `mup` package's own muP of the two GPTs
+(tests/mup_twins.py: MuReadout, 1/d attention, hidden init by `mup.init`'s rule, MuAdam), run
+through the same protocol with every module's output recorded, as `mup.coord_check` does.
+Mistakes (on gpt_sdpa unless named):
 SP; the readout multiplier removed; the hidden Adam LR not divided by width; the SP attention
 scale with materialised logits (gpt_manual, attention edits removed); the hidden init not
 rescaled (the model's own std kept at every width).
@@ -83,6 +86,7 @@ class Config:
     correct: bool
     parametrization: str = "mup"
     plan_transform: object = None
+    twin: str | None = None  # a hand-written `mup` twin of this example, trained with MuAdam
 
 
 CONFIGS = [Config(name, name, True) for name in EXAMPLES[2:4]] + [
@@ -92,7 +96,9 @@ CONFIGS = [Config(name, name, True) for name in EXAMPLES[2:4]] + [
     Config("SP attention scale (materialised logits)", "gpt_manual", False, plan_transform=without_attention_scale),
     Config("hidden init not rescaled", "gpt_sdpa", False, plan_transform=hidden_init_not_rescaled),
 ] + [Config(name, name, True) for name in EXAMPLES[:2] + EXAMPLES[4:]] + [  # the two GPTs first: the hardest
-    Config("hf:llama", "hf:llama", True), Config("hf:gpt2", "hf:gpt2", True)]
+    Config("hf:llama", "hf:llama", True), Config("hf:gpt2", "hf:gpt2", True),
+    Config("mup twin of gpt_sdpa", "gpt_sdpa", True, twin="sdpa"),
+    Config("mup twin of gpt_manual", "gpt_manual", True, twin="manual")]
 
 
 # Running ---------------------------------------------------------------------------------------
@@ -113,6 +119,8 @@ def run_config(config: Config, seeds: int, lr: float | None, first_seed: int = 0
     judged nodes' per-seed sizes."""
     from muprewrite.coordcheck import coordcheck
 
+    if config.twin:
+        return run_twin(config, seeds, lr, first_seed)
     factory, base, inputs = subject(config.example)
     start = time.perf_counter()
     result = coordcheck(factory, base=base, example_inputs=inputs, seed=first_seed,
@@ -123,6 +131,79 @@ def run_config(config: Config, seeds: int, lr: float | None, first_seed: int = 0
     return {"config": config.name, "example": config.example, "correct": config.correct, "lr": result.lr,
             "widths": result.widths, "steps": result.steps, "seeds": seeds,
             "seconds": time.perf_counter() - start, "nodes": nodes}
+
+
+def run_twin(config: Config, seeds: int, lr: float | None, first_seed: int = 0) -> dict:
+    """The coordinate check's protocol (widths, batch, loss, steps, seeds, dropout masks) on the
+    `mup` package's own muP of the example (tests/mup_twins.py: MuReadout, 1/d attention, MuAdam),
+    recording every module's output as `mup.coord_check` does; a muprewrite plan plays no part."""
+    import torch
+    from mup import MuAdam
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import mup_twins
+    from muprewrite.coordcheck import ADAM_EPS, DEFAULT_LR, DEFAULT_MULTIPLIERS, DEFAULT_STEPS, default_loss, mean_abs
+
+    example = importlib.import_module(config.example)
+    base, inputs = example.BASE_WIDTH, example.example_inputs()
+    lr = DEFAULT_LR["adam"] if lr is None else lr
+    widths = [base * m for m in DEFAULT_MULTIPLIERS]
+    start = time.perf_counter()
+    nodes = {}
+    for k, seed in enumerate(range(first_seed, first_seed + seeds)):
+        for i, width in enumerate(widths):
+            torch.manual_seed(seed)
+            model = mup_twins.mup_model(lambda w: mup_twins.gpt_twin(w, config.twin), width, base).train()
+            _mup_init(model)
+            optimizer = MuAdam(model.parameters(), lr=lr, eps=ADAM_EPS)
+            for t, sizes in enumerate(_twin_steps(model, inputs, optimizer, seed, DEFAULT_STEPS, default_loss,
+                                                  mean_abs)):
+                for name, size in sizes.items():
+                    node = nodes.setdefault(name, {"module": name, "seed_sizes": []})
+                    while len(node["seed_sizes"]) <= k:
+                        node["seed_sizes"].append([[None] * len(widths) for _ in range(DEFAULT_STEPS + 1)])
+                    node["seed_sizes"][k][t][i] = size
+    return {"config": config.name, "example": config.example, "correct": config.correct, "lr": lr,
+            "widths": widths, "steps": DEFAULT_STEPS, "seeds": seeds, "seconds": time.perf_counter() - start,
+            "nodes": nodes}
+
+
+def _mup_init(model) -> None:
+    """The example's own normal init redone by `mup.init.normal_`'s rule: a tensor with two
+    infinite dims gets its std times width_mult ** -0.5 (the same draws, rescaled)."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.infshape.ninf() == 2:
+                param.mul_(param.infshape.width_mult() ** -0.5)
+
+
+def _twin_steps(model, inputs, optimizer, seed: int, steps: int, loss_fn, size):
+    """mean |output| of every module (forward hooks) before each of `steps` MuAdam steps and after
+    the last; the same dropout masks at every step, as the coordinate check's forward."""
+    import torch
+
+    sizes = {}
+
+    def record(name):
+        def hook(module, args, output):
+            if isinstance(output, torch.Tensor) and output.is_floating_point():
+                sizes[name] = float(size(output))
+        return hook
+
+    for name, module in model.named_modules():
+        module.register_forward_hook(record(name or "(model)"))
+    for t in range(steps + 1):
+        sizes.clear()
+        torch.manual_seed(seed + 1)
+        out = model(*inputs) if isinstance(inputs, tuple) else model(**inputs)
+        loss, _ = loss_fn(out, inputs, seed)
+        yield dict(sizes)
+        if t < steps:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
 
 def merged(earlier: dict | None, raw: dict) -> dict:
@@ -254,10 +335,7 @@ def default_protocol(summary: dict) -> list:
             f"{100 * worst_false:.0f}% of resampled runs on any one); mistakes caught in "
             f"{sum(r['fails'][DEFAULT_THRESHOLD] for r in mistakes)} of {sum(r['runs'] for r in mistakes)} disjoint "
             f"runs (at least {100 * worst_caught:.0f}% of resampled runs on each). Largest correct value "
-            f"{max(r['max'] for r in correct):+.3f}, smallest mistake value {min(r['min'] for r in mistakes):+.3f}.",
-            "", "Not covered: the hand-written `mup` twin is not a muprewrite plan, so it cannot be replayed here "
-            "(tests/test_coordcheck_vs_mup.py compares the two checks' conclusions instead); Hugging Face models "
-            "were left out of this run for time."]
+            f"{max(r['max'] for r in correct):+.3f}, smallest mistake value {min(r['min'] for r in mistakes):+.3f}."]
 
 
 def _seeds_done(out: Path, config: Config, lr: float | None) -> int:

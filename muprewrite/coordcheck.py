@@ -207,7 +207,8 @@ def _node_info(gm) -> dict:
 
     Nodes the rewrite inserted take their user's module. A node whose every use is the model's
     own multiplication or division by a constant (q @ k^T before `/ sqrt(d)`) is not judged:
-    it is not an activation, the scaled tensor is (and is judged).
+    it is not an activation, the scaled tensor is (and is judged). Nor is a reciprocal (a
+    hand-written norm's rsqrt): it grows exactly when its input shrinks, which is not a blow-up.
     """
     info = {}
     for node in gm.graph.nodes:
@@ -219,7 +220,8 @@ def _node_info(gm) -> dict:
             op = f"{op} (muprewrite edit)"
         else:
             module, module_type = _innermost_module(node)
-        judged = not node.users or not all(_scales_by_constant(user, node) for user in node.users)
+        judged = ops.op_name(node) not in ops.RECIPROCALS and (
+            not node.users or not all(_scales_by_constant(user, node) for user in node.users))
         info[node.name] = (op, module, module_type, judged)
     return info
 

@@ -122,16 +122,13 @@ def _is_gain_use(flow: Dataflow, use) -> bool:
     return isinstance(other, fx.Node) and _is_normalised(other)
 
 
-_NORMALIZING = {"rsqrt", "sqrt", "var", "std", "var_mean", "std_mean", "linalg_vector_norm", "norm", "reciprocal"}
-
-
 def _is_normalised(node: fx.Node, depth: int = 6) -> bool:
     """Whether `node` divides (or multiplies) by a root of a variance / norm a few pointwise ops up."""
     frontier = [(node, 0)]
     while frontier:
         current, level = frontier.pop()
         name = ops.op_name(current)
-        if name in _NORMALIZING or (ops.spec(name) is not None and ops.spec(name).kind == ops.NORM):
+        if name in ops.NORMALIZING or (ops.spec(name) is not None and ops.spec(name).kind == ops.NORM):
             return True
         if level < depth and (ops.kind(current) in (ops.POINTWISE, ops.VIEW) or name in ("mean", "sum")):
             frontier += [(arg, level + 1) for arg in current.all_input_nodes]

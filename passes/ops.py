@@ -137,6 +137,9 @@ COMPOSITES = {F.multi_head_attention_forward}
 RUNTIME = {func: name for name, spec in REGISTRY.items() for func in spec.runtime}
 RUNTIME_NAMES: dict = {}  # filled below, once the binding helpers exist
 SCALAR_ARITH = {"mul", "div"}  # by a constant: keeps a tensor's identity, may carry a width-dependent constant
+# roots of a variance or norm, and their reciprocals: a normalization written out by hand
+NORMALIZING = {"rsqrt", "sqrt", "var", "std", "var_mean", "std_mean", "linalg_vector_norm", "norm", "reciprocal"}
+RECIPROCALS = {"rsqrt", "reciprocal"}  # grow exactly when their input shrinks
 
 
 def op_name(node: fx.Node) -> str:

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 import gpt_sdpa
 import mlp
@@ -224,3 +226,29 @@ def test_verdict_line_names_node_module_step_and_interval():
     line = result.summary()
     assert line.startswith("coordinate check: FAIL") and "readout" in line and "±" in line and "step" in line
     assert json.loads(result.to_json())["failing"][0]["ci95"] >= 0
+
+
+class _HandWrittenRMSNorm(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def _rms_mlp(width):
+    return nn.Sequential(nn.Linear(8, width), _HandWrittenRMSNorm(width), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, 4))
+
+
+def test_a_hand_written_norms_reciprocal_is_not_judged():
+    """rsqrt(mean(x^2)) grows exactly when x shrinks: not a blow-up (Llama's RMSNorm made the verdict
+    flag the residual stream shrinking with width as growth)."""
+    result = coordcheck(_rms_mlp, base=16, multipliers=(1, 2, 4), steps=2, seeds=1, device="cpu",
+                        example_inputs=(torch.randn(4, 8),), compare_sp=False)
+    traces = result.traces["mup"]
+    (rsqrt,) = [t for name, t in traces.items() if name.startswith("rsqrt")]
+    assert not rsqrt.judged
+    assert [t for name, t in traces.items() if name.startswith("mul")] and all(
+        t.judged for name, t in traces.items() if name.startswith("mul"))
