@@ -50,7 +50,7 @@ class Result:
         return write_artifacts(self.plan, self.report, out_dir)
 
     def __rich__(self):
-        return self.report.__rich__()
+        return self.report
 
     def __repr__(self) -> str:
         plan = self.plan
@@ -60,7 +60,7 @@ class Result:
                 f"model: {model})")
 
     def _repr_html_(self) -> str:
-        return self.report.to_html()
+        return self.report._repr_html_()
 
 
 def mupify(factory, *, base: int, target: int, delta: int | None = None, example_inputs=None,
@@ -90,7 +90,9 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
             delta_plan = analysis.plan(parametrization, options, "delta")
             verification = {"width": widths.delta, **verify(factory, analysis.inputs, delta_plan, widths.delta)}
     model = realize(build_model(factory, target), plan, reinit=True) if materialize else None
-    return Result(model=model, plan=plan, report=Report(plan, diff, verification))
+    origin = {"factory": f"{getattr(factory, '__module__', '')}.{getattr(factory, '__name__', 'make_model')}",
+              "materialized": materialize}
+    return Result(model=model, plan=plan, report=Report(plan, diff, verification, origin=origin))
 
 
 @dataclass

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import json
 import sys
+from dataclasses import replace
 
 from rich.console import Console
 
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "adam_eps=scaled, alpha_attn=..., alpha_in=... (see README)")
     parser.add_argument("--out", metavar="DIR", help="write plan.json, report.md and report.html into DIR")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON on stdout and nothing else")
+    parser.add_argument("--full", action="store_true", help="report every parameter, edit and diff hunk (repeated "
+                        "layers are collapsed into one row by default) and the graph nodes")
     parser.add_argument("--no-verify", action="store_true", help="skip checking the realized model against the edited graph")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
@@ -83,6 +86,7 @@ def run(args) -> int:
         check_out_dir(args.out)  # before the work, not after it
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         result = compile_model(args)
+        result.report = replace(result.report, full=args.full, origin=command_line_origin(args))
         paths = result.save(args.out) if args.out else []
     if args.json:
         print(result.plan.to_json())
@@ -106,6 +110,17 @@ def compile_model(args):
                   parametrization=args.parametrization, options=parse_options(args.option),
                   verify_width=not args.no_verify,
                   materialize=False, progress=not args.json and sys.stderr.isatty())
+
+
+def command_line_origin(args) -> dict:
+    """What the report's next steps need to know about this run: the model, --out, the command."""
+    command = ["muprewrite", args.model]
+    for flag, value in (("--base", args.base), ("--delta", args.delta), ("--target", args.target),
+                        ("--grow", args.grow)):
+        command += [flag, str(value)] if value is not None else []
+    command += ["--parametrization", args.parametrization] if args.parametrization != "mup" else []
+    command += [part for pair in args.option for part in ("--option", pair)]
+    return {"model": args.model, "grow": args.grow, "out": args.out, "command": command}
 
 
 def parse_options(pairs: list) -> dict | None:

@@ -75,7 +75,8 @@ class PlanWarning:
     code: str
     message: str
     reference: str
-    subjects: list = field(default_factory=list)
+    subjects: list = field(default_factory=list)  # parameter names, or graph nodes (then in `locations`)
+    locations: dict = field(default_factory=dict)  # graph node -> {"module": its module path, "op": the op}
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """lint: the warnings the papers call for, read off the analysis and the plan.
 
 Reads:  `Dataflow`, the uses from `roles`, the attention sites, the `InitStats` and a `Plan`.
-Writes: a list of `PlanWarning` (code, message, paper reference, the names it applies to),
-        which the pipeline stores in the plan.
+Writes: a list of `PlanWarning` (code, message, paper reference, the names it applies to: parameters,
+        or graph nodes with their module and op), which the pipeline stores in the plan.
 """
 
 from __future__ import annotations
@@ -51,14 +51,15 @@ def _squashing(flow, uses, sites, init, plan):
              and "gelu" not in flow.module_type(n).lower()]  # GELU's tanh approximation is not a squashing
     if nodes:
         yield PlanWarning("squashing-activation", "tanh-like activations saturate as width grows unless the "
-                          "pre-activations stay O(1); prefer ReLU/GELU", "TP5 §D.3", nodes)
+                          "pre-activations stay O(1); prefer ReLU/GELU", "TP5 §D.3", nodes, _located(flow, nodes))
 
 
 def _small_heads(flow, uses, sites, init, plan):
     nodes = [s.node for s in sites if s.d_head["base"] < SMALL_D_HEAD]
     if nodes:
         yield PlanWarning("small-head-dim", f"d_head below {SMALL_D_HEAD} at base width: the proxy model's "
-                          "attention is far from the infinite-width limit, transfer may drift", "TP5 §D.4", nodes)
+                          "attention is far from the infinite-width limit, transfer may drift", "TP5 §D.4", nodes,
+                          _located(flow, nodes))
 
 
 def _gains(flow, uses, sites, init, plan):
@@ -92,7 +93,12 @@ def _width_dependent_constants(flow, uses, sites, init, plan):
                           "width (e.g. d_model**-0.5) where muprewrite cannot hold it at its base value (not on a "
                           "readout's input, or width_constants='keep'); muP's multipliers are applied on top of it — "
                           "make it a constant if that is not intended",
-                          "TP5 §B.1 (multipliers)", nodes)
+                          "TP5 §B.1 (multipliers)", nodes, _located(flow, nodes))
+
+
+def _located(flow, nodes: list) -> dict:
+    """Where each graph node runs, for people: its module path and op."""
+    return {n: {"module": flow.module(n), "op": ops.op_name(flow.fx(n))} for n in nodes}
 
 
 def _feeds_attention(node, attention: set) -> bool:

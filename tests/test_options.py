@@ -156,8 +156,9 @@ def test_options_are_in_the_report():
     result = mupify(gpt_sdpa, options={"zero_init_query": True, "norm_gains": "frozen", "weight_decay": "coupled"})
     text = result.report.to_markdown()
     assert "zero_init_query=True" in text and "norm_gains=frozen" in text and "weight_decay=coupled" in text
-    assert "frozen" in text.split("blocks.0.ln_1.weight")[1].splitlines()[0]
-    assert "zero" in text.split("blocks.0.attn.c_attn.weight")[1].splitlines()[0]
+    assert "frozen" in text.split("blocks.{0..1}.ln_1.weight")[1].splitlines()[0]
+    assert "zero" in text.split("blocks.{0..1}.attn.c_attn.weight")[1].splitlines()[0]
+    assert "WD× = 1: weight decay coupled" in text
 
 
 def test_bad_option_values_are_refused():

@@ -97,13 +97,15 @@ def test_param_groups_cover_every_parameter_once(tied):
 
 
 def test_report_is_a_view_of_the_plan(tied):
-    markdown = tied.report.to_markdown()
+    markdown, full = tied.report.to_markdown(), tied.report.to_markdown(full=True)
+    assert "`blocks.{0..1}.attn.c_attn.weight` ×2" in markdown and "`blocks.0.attn.c_attn.weight`" not in markdown
     for name in tied.plan.parameters:
-        assert f"`{name}" in markdown
+        assert f"`{name}`" in full
     for edit in tied.plan.edits:
-        assert f"`{edit.node}`" in markdown and edit.realized_by in markdown
+        assert f"| {edit.node} |" in full and edit.realized_by in markdown
     assert "tied: input + output" in markdown
-    assert "<html" in tied._repr_html_().lower()
+    assert "<html" in tied.report.to_html().lower()
+    assert "<html" not in tied._repr_html_().lower() and 'class="muprewrite-report"' in tied._repr_html_()
     assert "Verified at width 64" in markdown and "realized model == edited graph" in " ".join(tied.report.to_text(width=400).split())
 
 
@@ -155,5 +157,6 @@ def test_report_renders_once_in_a_notebook_and_result_repr_is_short(tied, monkey
     monkeypatch.setattr(rich.jupyter, "display", lambda *args, **kwargs: displayed.append(args))
     html, text = tied.report.to_html(), tied.report.to_text()
     assert "<html" in html.lower() and "hidden" in text and displayed == []
+    assert "muprewrite report" in tied._repr_html_()
     line = repr(tied)
     assert line.startswith("Result(mup, widths 32/64/128") and "\n" not in line and len(line) < 160

@@ -1,0 +1,347 @@
+"""What the report shows, read off the plan alone: its rows (repeated layers collapsed, or every
+row with `full`), their cells, which parameters change under which optimizer family, and the
+sentences of the summary. The terminal, Markdown and HTML renderers all draw these.
+
+A parameter *changes* under an optimizer family when anything a user of that family sees
+differs from SP: its init, its forward multiplier (on the tensor or, for a readout, on its use
+site's input), whether it trains, or that family's LR or weight-decay multiplier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .plan import Plan
+from .report_collapse import collapse, each
+
+CHANGE_DEFINITION = ("a parameter whose init, forward multiplier (its own, or a readout's on its input), "
+                     "trainability, or that family's LR or WD multiplier differs from SP")
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    group: str = ""  # columns of one group (LR×, WD×) are headed "LR× adam", "sgd", ...
+    numeric: bool = False
+
+    @property
+    def title(self) -> str:
+        return f"{self.group} {self.label}".strip()
+
+
+@dataclass
+class Row:
+    label: str  # the (collapsed) name
+    count: int  # members
+    note: str  # what follows the name: aliases, a tie
+    cells: dict  # column key -> text
+    members: list  # [(name, detail)] — the full names behind a collapsed row, with what tells them apart
+    changed: bool = True
+    role: str = ""
+
+    @property
+    def heading(self) -> str:
+        return " ".join(part for part in (self.label, f"×{self.count}" if self.count > 1 else "", self.note) if part)
+
+
+@dataclass
+class Section:
+    columns: list
+    rows: list
+    notes: list = field(default_factory=list)  # lines under the table
+
+
+def num(x: float) -> str:
+    return f"{x:.4g}"
+
+
+# ---- optimizer families and what changes ------------------------------------------------------
+
+def families(plan: Plan) -> list:
+    """The optimizer families the plan has multipliers for, in the plan's order (adam, sgd, ...)."""
+    seen = {}
+    for p in plan.parameters.values():
+        seen.update(dict.fromkeys([*p.lr_mult, *p.wd_mult]))
+    return list(seen)
+
+
+def edits_by_param(plan: Plan) -> dict:
+    """parameter name (and each alias) -> the edits that scale it at a use site."""
+    found = {}
+    for edit in plan.edits:
+        if edit.param:
+            found.setdefault(edit.param, []).append(edit)
+    return found
+
+
+def changes_under(p, family: str, edits: list) -> bool:
+    return (p.init_ratio != 1.0 or p.weight_multiplier != 1.0 or bool(p.zero) or not p.trainable
+            or p.fill is not None or any(e.factor != 1.0 for e in edits)
+            or p.lr_mult.get(family, 1.0) not in (1.0, None) or p.wd_mult.get(family, 1.0) not in (1.0, None))
+
+
+def change_counts(plan: Plan) -> dict:
+    """family -> how many parameters change under it."""
+    edits = edits_by_param(plan)
+    return {f: sum(changes_under(p, f, _edits_of(name, p, edits)) for name, p in plan.parameters.items())
+            for f in families(plan)}
+
+
+def change_sentence(plan: Plan) -> str:
+    """'28 parameters: 9 change under adam, 28 under sgd'."""
+    total, counts = len(plan.parameters), change_counts(plan)
+    if not counts or not any(counts.values()):
+        return f"{total} parameters: none changes" + (f" under {' or '.join(counts)}" if counts else "")
+    parts = [f"{n} {'change ' if i == 0 else ''}under {f}" for i, (f, n) in enumerate(counts.items())]
+    return f"{total} parameters: " + ", ".join(parts)
+
+
+def _edits_of(name: str, p, edits: dict) -> list:
+    return [e for n in (name, *p.aliases) for e in edits.get(n, [])]
+
+
+# ---- parameters --------------------------------------------------------------------------------
+
+def parameter_section(plan: Plan, full: bool = False, derived_wd_shown: bool = True) -> Section:
+    """`derived_wd_shown=False` leaves out the WD× columns where the weight-decay mode gives every
+    one of them from LR× (the legend says so): the terminal's narrow layout."""
+    edits, fams = edits_by_param(plan), families(plan)
+    items = list(plan.parameters.items())
+    key = lambda item: _param_key(item[1], _edits_of(*item, edits))  # noqa: E731
+    name, aliases = (lambda item: item[0]), (lambda item: item[1].aliases)
+    groups = each(items, name, aliases) if full else collapse(items, name, key, aliases)
+    rows = [_param_row(g, fams, edits) for g in groups]
+    wd_shown = derived_wd_shown or not wd_derived(plan)
+    return Section(parameter_columns(plan, wd_shown), rows, parameter_legend(plan, wd_shown))
+
+
+def parameter_columns(plan: Plan, wd_shown: bool = True) -> list:
+    params, fams = list(plan.parameters.values()), families(plan)
+    columns = [Column("shape", "shape"), Column("role", "role"), Column("init", "init std")]
+    if any(p.weight_multiplier != 1.0 for p in params):
+        columns.append(Column("weight", "weight×", numeric=True))
+    if any(p.eps_mult != 1.0 for p in params):
+        columns.append(Column("eps", "eps×", numeric=True))
+    columns += [Column(f"lr:{f}", f, "LR×", numeric=True) for f in fams]
+    return columns + ([Column(f"wd:{f}", f, "WD×", numeric=True) for f in fams] if wd_shown else [])
+
+
+def wd_derived(plan: Plan) -> bool:
+    """Whether every WD× is what the weight-decay mode makes of its LR× (1 / LR× or 1)."""
+    rule = {"independent": lambda lr: 1.0 / lr, "coupled": lambda lr: 1.0}.get(plan.options.get("weight_decay"))
+    return rule is not None and all(
+        p.wd_mult.get(f) == p.lr_mult[f] is None or (p.lr_mult[f] and _close(p.wd_mult.get(f), rule(p.lr_mult[f])))
+        for p in plan.parameters.values() for f in p.lr_mult)
+
+
+def _close(a, b) -> bool:
+    return a is not None and abs(a - b) <= 1e-9 * max(1.0, abs(b))
+
+
+def parameter_legend(plan: Plan, wd_shown: bool = True) -> list:
+    lines = ["∞: a dim that grows with width. NAME ×N: N parameters alike, {a..b} their indices (--full: one "
+             "row each).",
+             "init std: the model's own at the target width → muP's (≈: the mean over a collapsed row); keep: "
+             "unchanged; const, zeros: a constant init (norm gains at 1, zero biases), kept.",
+             "LR×, WD×: factors on the lr and weight_decay given to param_groups, per optimizer family. Counted as "
+             f"changed: {CHANGE_DEFINITION}."]
+    if any(v is None for p in plan.parameters.values() for v in p.lr_mult.values()):
+        lines.append("—: no exact rule for that family (param_groups refuses the family for this tensor).")
+    hidden = "" if wd_shown else " (not shown; --full shows it)"
+    decay = plan.options.get("weight_decay", "independent")
+    if decay == "independent":
+        lines.append(f"WD× = 1 / LR×{hidden}: independent weight decay keeps lr × wd per tensor as at the base "
+                     "width (as mup's MuAdamW): the decay does not shrink with the per-tensor LR.")
+    elif decay == "coupled":
+        lines.append(f"WD× = 1{hidden}: weight decay coupled to the per-tensor LR (option weight_decay=coupled): "
+                     "lr × wd shrinks with the LR.")
+    return lines
+
+
+def _param_key(p, edits: list) -> tuple:
+    return (tuple(p.shape), tuple(p.base_shape), tuple(p.infinite), p.role, _use_roles(p), _init_kind(p),
+            f"{p.init_ratio:.6g}", repr(p.zero), p.weight_multiplier, repr(p.lr_mult), repr(p.wd_mult),
+            p.eps_mult, p.trainable, p.fill, tuple(num(e.factor) for e in edits))
+
+
+def _param_row(group, fams: list, edits: dict) -> Row:
+    (name, p), plans = group.members[0], [q for _, q in group.members]
+    cells = {"shape": shape(p), "role": role(p), "init": init_cell(plans),
+             "weight": num(p.weight_multiplier), "eps": num(p.eps_mult)}
+    for f in fams:
+        cells[f"lr:{f}"] = _mult(p.lr_mult, f)
+        cells[f"wd:{f}"] = _mult(p.wd_mult, f)
+    changed = any(changes_under(p, f, _edits_of(name, p, edits)) for f in fams) or not fams
+    members = [(n, init_cell([q])) for n, q in group.members]
+    return Row(group.label, len(group.members), _param_note(group, p), cells, members, changed, p.role)
+
+
+def _param_note(group, p) -> str:
+    notes = [f"(= {', '.join(group.extras)})"] if group.extras else []
+    roles = _use_roles(p)
+    if len(roles) > 1:
+        notes.append(f"tied: {' + '.join(roles)}")
+    return " ".join(notes)
+
+
+def _mult(values: dict, family: str) -> str:
+    return num(values[family]) if values.get(family) is not None else "—"
+
+
+def _use_roles(p) -> tuple:
+    return tuple(dict.fromkeys(u["role"] for u in p.uses))
+
+
+def role(p) -> str:
+    if p.fill is not None:
+        return f"{p.role}, removed (= {p.fill:g})"
+    return p.role if p.trainable else f"{p.role}, frozen"
+
+
+def shape(p) -> str:
+    return "[" + ", ".join(f"{s}∞" if inf else str(s) for s, inf in zip(p.shape, p.infinite)) + "]"
+
+
+def _init_kind(p) -> str:
+    before, after = p.init_std["before"], p.init_std["after"]
+    if before == 0 and after == 0:
+        return "zeros" if p.zero_mean else "const"
+    return "keep" if before == after else "rescale"
+
+
+def init_cell(plans: list) -> str:
+    """'0.0201 → 0.00711', 'keep 0.0197', 'const, kept'; a collapsed row's stds as ≈ their mean."""
+    p, kind = plans[0], _init_kind(plans[0])
+    if kind in ("zeros", "const"):
+        text = f"{kind}, kept"
+    elif kind == "keep":
+        text = "keep " + _std(q.init_std["before"] for q in plans)
+    else:
+        text = f"{_std(q.init_std['before'] for q in plans)} → {_std(q.init_std['after'] for q in plans)}"
+    for piece in p.zero:
+        stop = "" if piece["stop"] is None else piece["stop"]
+        text += f", zero [{piece['start']}:{stop}] of dim {piece['dim']}"
+    return text
+
+
+def _std(values) -> str:
+    values = list(values)
+    shown = {f"{v:.3g}" for v in values}
+    mean = sum(values) / len(values)
+    return shown.pop() if len(shown) == 1 else f"≈{mean:.2g}"
+
+
+# ---- use-site edits ----------------------------------------------------------------------------
+
+def edit_section(plan: Plan, full: bool = False) -> Section:
+    columns = [Column("kind", "edit"), Column("op", "op"), Column("change", "old → new"),
+               Column("realized", "realized by")] + ([Column("node", "graph node")] if full else [])
+    groups = edit_groups(plan, full)
+    return Section(columns, [_edit_row(g) for g in groups], [line for g in groups for line in _frozen_note(g)])
+
+
+def edit_groups(plan: Plan, full: bool = False) -> list:
+    """The edits by module path, the same edit of repeated layers collapsed (with its weights)."""
+    module = lambda e: e.module or "(root)"  # noqa: E731
+    params = lambda e: [e.param] if e.param else []  # noqa: E731
+    return each(plan.edits, module, params) if full else collapse(plan.edits, module, _edit_key, params)
+
+
+def _edit_key(e) -> tuple:
+    frozen = (num(e.frozen_constant["base"]), num(e.frozen_constant["now"])) if e.frozen_constant else None
+    return (e.kind, e.family, e.old, e.new, e.realized_by, e.apply_to, e.operand, e.occurrence, e.call, e.calls,
+            frozen)
+
+
+def _edit_row(group) -> Row:
+    e = group.members[0]
+    own = group.extras and group.extras[0].rpartition(".")[0] == group.label  # the module's own weight
+    op = f"{e.family} on {group.extras[0]}" if group.extras and not own else e.family
+    cells = {"kind": e.kind, "op": op, "change": f"{num(e.old)} → {num(e.new)}", "realized": e.realized_by,
+             "node": e.node}
+    return Row(group.label, len(group.members), "", cells, [(m.module or "(root)", m.node) for m in group.members])
+
+
+def _frozen_note(group) -> list:
+    e = group.members[0]
+    frozen = e.frozen_constant
+    if not frozen:
+        return []
+    return [f"{group.label}: the {e.kind} also holds the model's width-dependent constant `{frozen['node']}` at "
+            f"its base value {num(frozen['base'])}, not {num(frozen['now'])}"]
+
+
+# ---- warnings ----------------------------------------------------------------------------------
+
+@dataclass
+class WarningView:
+    code: str
+    message: str
+    reference: str
+    subjects: list  # [Row]: label (module path or parameter), note (the op), members (name, graph node)
+
+
+def warning_views(plan: Plan, full: bool = False) -> list:
+    known = _node_locations(plan)
+    return [WarningView(w.code, w.message, w.reference, _subject_rows(w, {**known, **w.locations}, full))
+            for w in plan.warnings]
+
+
+def _parameter_names(plan: Plan) -> set:
+    return {n for name, p in plan.parameters.items() for n in (name, *p.aliases)}
+
+
+def _node_locations(plan: Plan) -> dict:
+    """Graph node -> {"module", "op"} from the plan's own records (edits, parameter uses): where a
+    warning written without locations (an older plan) names nodes."""
+    found = {u["node"]: {"module": u["module"], "op": u["op"]} for p in plan.parameters.values() for u in p.uses}
+    found.update({e.node: {"module": e.module, "op": e.family} for e in plan.edits})
+    return {node: where for node, where in found.items() if node not in _parameter_names(plan)}
+
+
+def _subject_rows(warning, locations: dict, full: bool) -> list:
+    located = [(s, locations.get(s)) for s in warning.subjects]
+    where = lambda item: (item[1]["module"] or "(root)") if item[1] else item[0]  # noqa: E731
+    op = lambda item: item[1]["op"] if item[1] else ""  # noqa: E731
+    groups = each(located, where) if full else collapse(located, where, op)
+    rows = []
+    for g in groups:
+        subject, location = g.members[0]
+        note = f"({op(g.members[0])}{', node ' + subject if full and location else ''})" if location else ""
+        rows.append(Row(g.label, len(g.members), note, {}, [(where(m), m[0]) for m in g.members]))
+    return rows
+
+
+# ---- summary -----------------------------------------------------------------------------------
+
+def summary_lines(plan: Plan) -> list:
+    return [f"Widths: base {plan.base_width}, delta {plan.delta_width}, target {plan.target_width}. "
+            f"Options: {options_text(plan.options)}.",
+            f"{change_sentence(plan)}. {len(plan.edits)} use-site edits, {len(plan.warnings)} warnings."]
+
+
+def options_text(options: dict) -> str:
+    from .passes.decide import DEFAULT_OPTIONS
+
+    changed = [f"{k}={v}" for k, v in options.items() if DEFAULT_OPTIONS.get(k) != v]
+    return ", ".join(changed) if changed else "defaults"
+
+
+def verification_lines(verification: dict | None) -> list:
+    if not verification:
+        return ["Not verified (--no-verify, verify_width=False)."]
+    v = verification
+    if v["gradients"] is None:
+        lines = [f"Verified at width {v['width']}: realized model == edited graph on the outputs (max |diff| "
+                 f"{v['outputs']:.2g}); gradients not compared: the captured graph has no gradient path to the "
+                 "parameters (an autograd.Function whose forward runs under no_grad, such as reversible layers)."]
+    else:
+        lines = [f"Verified at width {v['width']}: realized model == edited graph "
+                 f"(max |diff| outputs {v['outputs']:.2g}, gradients {v['gradients']:.2g})."]
+    noise = v.get("baseline", {})
+    if max(noise.values(), default=0.0) > 1e-6:
+        lines.append(f"The model's own graph differs from its eager forward by {noise['outputs']:.2g} (outputs) / "
+                     f"{noise.get('gradients', 0.0):.2g} (gradients) with no edit at all, so the edits were judged "
+                     "against that distance.")
+    return lines
