@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .report_view import edit_groups
+from .report_sites import edit_groups
 
 _ASSIGNED = re.compile(r"^[+-]\s*(\w+) = ")
 

@@ -10,8 +10,8 @@ from itertools import groupby
 
 from .report_diff import diff_view, line_kind, more_hunks
 from .report_steps import next_steps
-from .report_view import (edit_section, parameter_section, summary_lines, verification_lines,
-                          warning_views)
+from .report_sites import edit_section, warning_views
+from .report_view import parameter_section, summary_lines, verification_lines
 
 STYLE = """
 .muprewrite-report { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; font-size: 14px;

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from .report_diff import diff_view, more_hunks
 from .report_steps import next_steps
-from .report_view import (edit_section, parameter_section, summary_lines, verification_lines,
-                          warning_views)
+from .report_sites import edit_section, warning_views
+from .report_view import parameter_section, summary_lines, verification_lines
 
 
 def report_markdown(report, full: bool) -> str:

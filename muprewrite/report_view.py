@@ -1,6 +1,7 @@
-"""What the report shows, read off the plan alone: its rows (repeated layers collapsed, or every
-row with `full`), their cells, which parameters change under which optimizer family, and the
-sentences of the summary. The terminal, Markdown and HTML renderers all draw these.
+"""What the report shows of the parameters, read off the plan alone: its rows (repeated layers
+collapsed, or every row with `full`), their cells, which parameters change under which optimizer
+family, and the sentences of the summary (the use sites: `report_sites`). The terminal, Markdown
+and HTML renderers all draw these.
 
 A parameter *changes* under an optimizer family when anything a user of that family sees
 differs from SP: its init, its forward multiplier (on the tensor or, for a readout, on its use
@@ -91,10 +92,11 @@ def change_counts(plan: Plan) -> dict:
 def change_sentence(plan: Plan) -> str:
     """'28 parameters: 9 change under adam, 28 under sgd'."""
     total, counts = len(plan.parameters), change_counts(plan)
-    if not counts or not any(counts.values()):
-        return f"{total} parameters: none changes" + (f" under {' or '.join(counts)}" if counts else "")
+    parameters = f"{total} parameter{'s' if total != 1 else ''}"
+    if not any(counts.values()):
+        return f"{parameters}: none changes" + (f" under {' or '.join(counts)}" if counts else "")
     parts = [f"{n} {'change ' if i == 0 else ''}under {f}" for i, (f, n) in enumerate(counts.items())]
-    return f"{total} parameters: " + ", ".join(parts)
+    return f"{parameters}: " + ", ".join(parts)
 
 
 def _edits_of(name: str, p, edits: dict) -> list:
@@ -130,13 +132,14 @@ def parameter_columns(plan: Plan, wd_shown: bool = True) -> list:
 def wd_derived(plan: Plan) -> bool:
     """Whether every WD× is what the weight-decay mode makes of its LR× (1 / LR× or 1)."""
     rule = {"independent": lambda lr: 1.0 / lr, "coupled": lambda lr: 1.0}.get(plan.options.get("weight_decay"))
-    return rule is not None and all(
-        p.wd_mult.get(f) == p.lr_mult[f] is None or (p.lr_mult[f] and _close(p.wd_mult.get(f), rule(p.lr_mult[f])))
-        for p in plan.parameters.values() for f in p.lr_mult)
+    return rule is not None and all(_wd_follows(p.lr_mult[f], p.wd_mult.get(f), rule)
+                                    for p in plan.parameters.values() for f in p.lr_mult)
 
 
-def _close(a, b) -> bool:
-    return a is not None and abs(a - b) <= 1e-9 * max(1.0, abs(b))
+def _wd_follows(lr, wd, rule) -> bool:
+    if lr is None or wd is None:  # no rule for the family: nothing to derive
+        return lr is None and wd is None
+    return lr != 0 and abs(wd - rule(lr)) <= 1e-9 * max(1.0, abs(wd))
 
 
 def parameter_legend(plan: Plan, wd_shown: bool = True) -> list:
@@ -230,87 +233,6 @@ def _std(values) -> str:
     shown = {f"{v:.3g}" for v in values}
     mean = sum(values) / len(values)
     return shown.pop() if len(shown) == 1 else f"≈{mean:.2g}"
-
-
-# ---- use-site edits ----------------------------------------------------------------------------
-
-def edit_section(plan: Plan, full: bool = False) -> Section:
-    columns = [Column("kind", "edit"), Column("op", "op"), Column("change", "old → new"),
-               Column("realized", "realized by")] + ([Column("node", "graph node")] if full else [])
-    groups = edit_groups(plan, full)
-    return Section(columns, [_edit_row(g) for g in groups], [line for g in groups for line in _frozen_note(g)])
-
-
-def edit_groups(plan: Plan, full: bool = False) -> list:
-    """The edits by module path, the same edit of repeated layers collapsed (with its weights)."""
-    module = lambda e: e.module or "(root)"  # noqa: E731
-    params = lambda e: [e.param] if e.param else []  # noqa: E731
-    return each(plan.edits, module, params) if full else collapse(plan.edits, module, _edit_key, params)
-
-
-def _edit_key(e) -> tuple:
-    frozen = (num(e.frozen_constant["base"]), num(e.frozen_constant["now"])) if e.frozen_constant else None
-    return (e.kind, e.family, e.old, e.new, e.realized_by, e.apply_to, e.operand, e.occurrence, e.call, e.calls,
-            frozen)
-
-
-def _edit_row(group) -> Row:
-    e = group.members[0]
-    own = group.extras and group.extras[0].rpartition(".")[0] == group.label  # the module's own weight
-    op = f"{e.family} on {group.extras[0]}" if group.extras and not own else e.family
-    cells = {"kind": e.kind, "op": op, "change": f"{num(e.old)} → {num(e.new)}", "realized": e.realized_by,
-             "node": e.node}
-    return Row(group.label, len(group.members), "", cells, [(m.module or "(root)", m.node) for m in group.members])
-
-
-def _frozen_note(group) -> list:
-    e = group.members[0]
-    frozen = e.frozen_constant
-    if not frozen:
-        return []
-    return [f"{group.label}: the {e.kind} also holds the model's width-dependent constant `{frozen['node']}` at "
-            f"its base value {num(frozen['base'])}, not {num(frozen['now'])}"]
-
-
-# ---- warnings ----------------------------------------------------------------------------------
-
-@dataclass
-class WarningView:
-    code: str
-    message: str
-    reference: str
-    subjects: list  # [Row]: label (module path or parameter), note (the op), members (name, graph node)
-
-
-def warning_views(plan: Plan, full: bool = False) -> list:
-    known = _node_locations(plan)
-    return [WarningView(w.code, w.message, w.reference, _subject_rows(w, {**known, **w.locations}, full))
-            for w in plan.warnings]
-
-
-def _parameter_names(plan: Plan) -> set:
-    return {n for name, p in plan.parameters.items() for n in (name, *p.aliases)}
-
-
-def _node_locations(plan: Plan) -> dict:
-    """Graph node -> {"module", "op"} from the plan's own records (edits, parameter uses): where a
-    warning written without locations (an older plan) names nodes."""
-    found = {u["node"]: {"module": u["module"], "op": u["op"]} for p in plan.parameters.values() for u in p.uses}
-    found.update({e.node: {"module": e.module, "op": e.family} for e in plan.edits})
-    return {node: where for node, where in found.items() if node not in _parameter_names(plan)}
-
-
-def _subject_rows(warning, locations: dict, full: bool) -> list:
-    located = [(s, locations.get(s)) for s in warning.subjects]
-    where = lambda item: (item[1]["module"] or "(root)") if item[1] else item[0]  # noqa: E731
-    op = lambda item: item[1]["op"] if item[1] else ""  # noqa: E731
-    groups = each(located, where) if full else collapse(located, where, op)
-    rows = []
-    for g in groups:
-        subject, location = g.members[0]
-        note = f"({op(g.members[0])}{', node ' + subject if full and location else ''})" if location else ""
-        rows.append(Row(g.label, len(g.members), note, {}, [(where(m), m[0]) for m in g.members]))
-    return rows
 
 
 # ---- summary -----------------------------------------------------------------------------------

@@ -130,7 +130,9 @@ def test_only_real_changes_are_counted_per_family():
     assert "3 parameters: 0 change under adam, 2 under sgd." in report.to_markdown()
     assert "changed: a parameter whose init" in report.to_markdown()  # what was counted is said
     rescaled = plan_of({"w": param(after=0.01, lr={"adam": 0.25, "sgd": 1.0})})
-    assert "1 parameters: 1 change under adam, 1 under sgd" in Report(rescaled).to_markdown()
+    assert "1 parameter: 1 change under adam, 1 under sgd" in Report(rescaled).to_markdown()
+    sp = plan_of({"w": param(), "b": param("vector")})
+    assert "2 parameters: none changes under adam or sgd." in Report(sp).to_markdown()
 
 
 def test_families_are_read_from_the_plan():
