@@ -33,11 +33,11 @@ STYLE = """
 .muprewrite-report .role-output { color: #8250df; } .muprewrite-report .role-vector { color: #0550ae; }
 .muprewrite-report .role-unclassified { color: #cf222e; }
 .muprewrite-report .warning-code { color: #9a6700; font-weight: 600; }
-.muprewrite-report .diff .add { background: #dafbe1; display: block; }
-.muprewrite-report .diff .del { background: #ffebe9; display: block; }
-.muprewrite-report .diff .hunk { color: #0969da; display: block; }
-.muprewrite-report .diff .file { font-weight: 600; display: block; }
-.muprewrite-report .diff .context { display: block; }
+.muprewrite-report .diff span { display: inline-block; min-width: 100%; }
+.muprewrite-report .diff .add { background: #dafbe1; }
+.muprewrite-report .diff .del { background: #ffebe9; }
+.muprewrite-report .diff .hunk { color: #0969da; }
+.muprewrite-report .diff .file { font-weight: 600; }
 """
 
 
@@ -94,7 +94,8 @@ def _name_cell(row) -> str:
     note = f" {escape(row.note)}" if row.note else ""
     if row.count <= 1:
         return name + note
-    members = "".join(f"<li><code>{escape(member)}</code> {escape(detail)}</li>" for member, detail in row.members)
+    members = "".join(f"<li><code>{escape(member)}</code>{' ' + escape(detail) if detail else ''}</li>"
+                      for member, detail in row.members)
     return f"<details><summary>{name} ×{row.count}{note}</summary><ul>{members}</ul></details>"
 
 
@@ -140,7 +141,7 @@ def _warnings(plan, full: bool) -> str:
 
 
 def _diff_lines(lines: list) -> str:
-    return "".join(f'<span class="{line_kind(line)}">{escape(line) or " "}</span>' for line in lines)
+    return "\n".join(f'<span class="{line_kind(line)}">{escape(line) or " "}</span>' for line in lines)
 
 
 def _diff(report, full: bool) -> str:

@@ -39,7 +39,8 @@ def _edit_row(group) -> Row:
     op = f"{e.family} on {group.extras[0]}" if group.extras and not own else e.family
     cells = {"kind": e.kind, "op": op, "change": f"{num(e.old)} → {num(e.new)}", "realized": e.realized_by,
              "node": e.node}
-    return Row(group.label, len(group.members), "", cells, [(m.module or "(root)", m.node) for m in group.members])
+    members = [(m.module or "(root)", f"node {m.node}") for m in group.members]
+    return Row(group.label, len(group.members), "", cells, members)
 
 
 def _frozen_note(group) -> list:
@@ -88,5 +89,6 @@ def _subject_rows(warning, locations: dict, full: bool) -> list:
     for g in groups:
         subject, location = g.members[0]
         note = f"({op(g.members[0])}{', node ' + subject if full and location else ''})" if location else ""
-        rows.append(Row(g.label, len(g.members), note, {}, [(where(m), m[0]) for m in g.members]))
+        members = [(where(m), f"node {m[0]}" if m[1] else "") for m in g.members]
+        rows.append(Row(g.label, len(g.members), note, {}, members))
     return rows
