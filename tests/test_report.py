@@ -40,7 +40,10 @@ def param(role="hidden", lr=None, wd=None, before=0.02, after=0.02, zero_mean=Tr
 
 
 def plan_of(parameters: dict, edits=(), warnings=()) -> Plan:
-    return Plan("mup", 16, 32, 64, {"weight_decay": "independent"}, parameters, list(edits), list(warnings))
+    plan = Plan("mup", 16, 32, 64, {"weight_decay": "independent"}, parameters, list(edits), list(warnings))
+    if hasattr(plan, "optimizers"):  # a plan that records the families it is shown for: all of the parameters'
+        plan.optimizers = list(dict.fromkeys(f for p in parameters.values() for f in p.lr_mult))
+    return plan
 
 
 # ---- collapsing -------------------------------------------------------------------------------------
