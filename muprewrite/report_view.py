@@ -91,8 +91,7 @@ def change_counts(plan: Plan) -> dict:
 
 def change_sentence(plan: Plan) -> str:
     """'28 parameters: 9 change under adam, 28 under sgd'."""
-    total, counts = len(plan.parameters), change_counts(plan)
-    parameters = f"{total} parameter{'s' if total != 1 else ''}"
+    counts, parameters = change_counts(plan), counted(len(plan.parameters), "parameter")
     if not any(counts.values()):
         return f"{parameters}: none changes" + (f" under {' or '.join(counts)}" if counts else "")
     parts = [f"{n} {'change ' if i == 0 else ''}under {f}" for i, (f, n) in enumerate(counts.items())]
@@ -240,7 +239,12 @@ def _std(values) -> str:
 def summary_lines(plan: Plan) -> list:
     return [f"Widths: base {plan.base_width}, delta {plan.delta_width}, target {plan.target_width}. "
             f"Options: {options_text(plan.options)}.",
-            f"{change_sentence(plan)}. {len(plan.edits)} use-site edits, {len(plan.warnings)} warnings."]
+            f"{change_sentence(plan)}. {counted(len(plan.edits), 'use-site edit')}, "
+            f"{counted(len(plan.warnings), 'warning')}."]
+
+
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def options_text(options: dict) -> str:
