@@ -64,6 +64,9 @@ class Edit:
     # a readout multiplier that also undoes the model's own width-dependent scalar on the readout's
     # input (T5's d_model**-0.5): {"node", "base", "now"}, the scalar at base and at this width
     frozen_constant: dict | None = None
+    # where the edit goes when the model is folded to SP (passes/foldable.py): {"into": [{"param", "node",
+    # "dim", "ranges", "untie"?}]} or {"error": why not}; None in a plan written before fold existed
+    fold: dict | None = None
 
     @property
     def factor(self) -> float:

@@ -23,6 +23,7 @@ from ..rules import attention_factor, rule_for, weight_decay_mult
 from . import ops
 from .attention import hidden_logit_paths
 from .dims import Dataflow
+from .foldable import place_folds
 from .source import source_line
 
 DEFAULT_OPTIONS = {
@@ -72,10 +73,10 @@ def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization:
         parameters[name] = plan
         edits += _readout_edits(flow, name, param_uses, parametrization, options, at, placed)
         edits += _weight_multiplier_edits(flow, name, param_uses, plan.weight_multiplier, parametrization)
-    edits += _attention_edits(flow, sites, parametrization, options, at)
+    edits = sorted(edits + _attention_edits(flow, sites, parametrization, options, at), key=_graph_order(flow))
+    place_folds(flow, edits, parameters, at)
     widths = flow.widths
-    return Plan(parametrization, widths.base, widths.delta, widths[at], options, parameters,
-                sorted(edits, key=_graph_order(flow)), warnings=[])
+    return Plan(parametrization, widths.base, widths.delta, widths[at], options, parameters, edits, warnings=[])
 
 
 def checked_options(options: dict | None) -> dict:
