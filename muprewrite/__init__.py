@@ -2,14 +2,15 @@
 
     result = muprewrite.mupify(make_model, base=64, target=1024)
     optimizer = torch.optim.AdamW(result.param_groups(lr=3e-3, weight_decay=0.1))
+    sp_model = muprewrite.fold(result.model, result.plan)   # plain weights, no hooks, same outputs
 """
 
-from .api import Result, apply_plan, mupify
+from .api import Result, apply_plan, fold, fold_report, mupify
 from .errors import MuRewriteError, VerificationError
 from .passes.emit import param_groups
 from .plan import Plan
 
-__all__ = ["mupify", "apply_plan", "param_groups", "Plan", "Result", "MuRewriteError", "VerificationError"]
+__all__ = ["mupify", "apply_plan", "fold", "fold_report", "param_groups", "Plan", "Result", "MuRewriteError", "VerificationError"]
 _SUBMODULES = ("hf", "coordcheck")  # imported on first use: muprewrite.hf needs transformers
 
 

@@ -14,13 +14,16 @@ from torch import nn
 from .errors import MuRewriteError
 from .loading import infer_example_inputs
 from .passes.attention import find_attention
-from .passes.capture import build_model, capture
+from .passes.capture import build_model, capture, inputs_at
 from .passes.decide import decide
 from .passes.dims import Dataflow, analyse_dims
 from .passes.emit import param_groups, write_artifacts
+from .passes.fold import compare_outputs, describe
+from .passes.fold import fold as fold_edits
+from .passes.fold import unfold
 from .passes.init_scan import scan_init
 from .passes.lint import lint
-from .passes.realize import realize
+from .passes.realize import REALIZED_FLAG, realize
 from .passes.rewrite import graph_diff
 from .passes.roles import classify_uses
 from .passes.verify import verify
@@ -144,18 +147,56 @@ def analyse(factory, example_inputs, widths: Widths, step=lambda description: No
     return Analysis(inputs, flow, uses, sites, scan_init(factory, widths))
 
 
-def apply_plan(model: nn.Module, plan: Plan | str | Path, *, reinit: bool = False, inplace: bool = False) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Plan | str | Path, *, reinit: bool = False, inplace: bool = False,
+               from_folded: bool = False) -> nn.Module:
     """Apply a saved plan to a model of the plan's target width.
 
     `reinit=False` (the default) keeps the weights — right for a checkpoint-loaded model; use
-    `reinit=True` on a freshly built model to get muP's init. The model is copied first
-    unless `inplace=True`.
+    `reinit=True` on a freshly built model to get muP's init. `from_folded=True` takes a model
+    made by `fold` (or its checkpoint loaded): the folded factors are divided back out and tied
+    weights tied again first, giving back the muP model. The model is copied first unless
+    `inplace=True`.
     """
-    if not isinstance(plan, Plan):
-        plan = Plan.load(plan)
+    plan = _as_plan(plan)
+    if from_folded and reinit:
+        raise MuRewriteError("from_folded=True restores trained weights; it cannot be combined with reinit=True")
     if not inplace:
         model = copy.deepcopy(model)
+    if from_folded:
+        unfold(model, plan)
     return realize(model, plan, reinit=reinit)
+
+
+def fold(model: nn.Module, plan: Plan | str | Path, *, example_inputs=None, inplace: bool = False) -> nn.Module:
+    """The muP model as a plain SP model of your own class: no hooks, no interception, every edit
+    multiplied into the weights (or an error naming the edit that cannot be folded exactly).
+
+    `model` is the muP model (from `mupify` or `apply_plan`), or a model of the plan's target width
+    with a muP checkpoint loaded. With `example_inputs`, the folded model's outputs are checked
+    against the muP model's on them. The model is copied first unless `inplace=True`. The result
+    computes what the muP model computes; trained with a plain optimizer it trains as SP (use
+    `apply_plan(folded, plan, from_folded=True)` to continue in muP).
+    """
+    plan = _as_plan(plan)
+    reference = None
+    if example_inputs is not None:
+        mup_model = model if getattr(model, REALIZED_FLAG, False) else realize(copy.deepcopy(model), plan, reinit=False)
+        reference = copy.deepcopy(mup_model) if inplace else mup_model
+    folded = fold_edits(model if inplace else copy.deepcopy(model), plan)
+    if reference is not None:
+        compare_outputs(reference, folded, inputs_at(example_inputs, plan.target_width))
+    return folded
+
+
+def fold_report(plan: Plan | str | Path) -> str:
+    """What `fold` does with each edit of the plan, as a Markdown table."""
+    lines = ["| edit | where | factor | folded into |", "|---|---|---|---|"]
+    lines += [f"| {r['edit']} | {r['where']} | {r['factor']:.6g} | {r['into']} |" for r in describe(_as_plan(plan))]
+    return "\n".join(lines)
+
+
+def _as_plan(plan) -> Plan:
+    return plan if isinstance(plan, Plan) else Plan.load(plan)
 
 
 def _check_widths(base: int, delta: int | None, target: int) -> Widths:

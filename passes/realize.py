@@ -14,7 +14,8 @@ Writes: the same module (same class, hierarchy, parameters and state_dict keys) 
           matmul, sdpa, embedding, norm, conv) and edits the plan's occurrence of the plan's
           call of the module — exact, and blind to how the forward is written;
         * frozen parameters (requires_grad False) and removed gains (set to their constant).
-        Hooks are small picklable objects, so `torch.save`, deepcopy and DDP keep working.
+        Hooks are small picklable objects, so `torch.save`, deepcopy and DDP keep working;
+        `remove_edits` takes them all out again (the fold pass).
 """
 
 from __future__ import annotations
@@ -117,6 +118,18 @@ def install_edits(model: nn.Module, edits: list) -> None:
         installed.append(interceptor)
     if installed:  # each forward of the model counts its modules' calls from 0
         model.register_forward_pre_hook(ResetCalls(installed))
+
+
+def remove_edits(model: nn.Module) -> nn.Module:
+    """Take out whatever `realize` installed (hooks, interceptors, the flag); parameters stay as they are."""
+    for module in model.modules():
+        if isinstance(module.__dict__.get("forward"), InterceptCalls):
+            del module.forward
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, (ScaleFirstInput, ResetCalls)) or hook is _disable_fused_paths:
+                del module._forward_pre_hooks[key]
+    model.__dict__.pop(REALIZED_FLAG, None)
+    return model
 
 
 def interceptors(model: nn.Module) -> list:
