@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rewrite a PyTorch model into its Maximal Update Parametrization (muP). MODEL is a "
         "Python file defining make_model(width) -> nn.Module, and optionally example_inputs(), "
         "BASE_WIDTH and TARGET_WIDTH; MODEL:NAME picks another factory.",
-        epilog="See also: muprewrite coordcheck MODEL --help (the coordinate check of TP5 §D.1).",
+        epilog="See also: muprewrite coordcheck MODEL --help (the coordinate check of TP5 §D.1), muprewrite fold "
+        "MODEL --help (a trained muP model as a plain SP checkpoint).",
     )
     parser.add_argument("model", metavar="MODEL[:FACTORY]", help="path to model.py, optionally :factory_name")
     parser.add_argument("--base", type=int, help="base width (default: BASE_WIDTH in the model file)")
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["coordcheck"]:  # subcommand: `muprewrite coordcheck MODEL ...` (coordcheck_cli.py)
         from .coordcheck_cli import main as coordcheck_main
         return coordcheck_main(argv[1:])
+    if argv[:1] == ["fold"]:  # subcommand: `muprewrite fold MODEL --plan ... --checkpoint ... --out DIR` (fold_cli.py)
+        from .fold_cli import main as fold_main
+        return fold_main(argv[1:])
     return guarded(run, build_parser().parse_args(argv))
 
 

@@ -75,7 +75,7 @@ def _entry(plan: Plan, name: str, prefix: list):
 ARTIFACTS = ("plan.json", "report.md", "report.html")
 
 
-def check_out_dir(out_dir) -> Path:
+def check_out_dir(out_dir, artifacts=ARTIFACTS) -> Path:
     """The folder the artifacts will go to, created; a one-line error now (before any work) when
     it is a file, cannot be created, or an artifact's name there is taken by a folder."""
     out = Path(out_dir)
@@ -85,7 +85,7 @@ def check_out_dir(out_dir) -> Path:
         raise MuRewriteError(f"--out {out_dir}: not a folder (a file of that name is in the way); pick another path")
     except OSError as exc:
         raise MuRewriteError(f"--out {out_dir}: cannot create it ({exc.strerror}); pick a writable path") from exc
-    taken = [name for name in ARTIFACTS if (out / name).is_dir()]
+    taken = [name for name in artifacts if (out / name).is_dir()]
     if taken:
         raise MuRewriteError(f"--out {out_dir}: {taken[0]} there is a folder; remove it or pick another folder")
     if not os.access(out, os.W_OK):
