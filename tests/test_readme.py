@@ -9,9 +9,16 @@ import torch
 ROOT = Path(__file__).parent.parent
 
 
-def test_readme_python_example_runs(tmp_path, monkeypatch):
+def python_block(section: str) -> str:
+    """The ```python block of a README section."""
     readme = (ROOT / "README.md").read_text()
-    (block,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    body = readme.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", body, flags=re.S)
+    return block
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    block = python_block("Python")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(ROOT))
     namespace = {}
@@ -22,6 +29,20 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert torch.equal(namespace["model"](x), namespace["restored"](x))
     assert len(namespace["groups"]) > 1
     sys.modules.pop("examples.mlp", None)
+
+
+def test_readme_fold_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT))
+    namespace = {}
+    exec(compile(python_block("Fold to SP"), "README.md", "exec"), namespace)
+    ids = namespace["example_inputs"]()
+    for name in ("mup_model", "sp_model", "plain", "again"):
+        namespace[name].eval()
+    want = namespace["mup_model"](*ids)
+    assert (namespace["plain"](*ids) - want).abs().max() <= 1e-5 * want.abs().max()
+    assert torch.equal(namespace["again"](*ids), want)
+    sys.modules.pop("examples.einsum_attention", None)
 
 
 def test_readme_test_command_is_what_ci_runs():
