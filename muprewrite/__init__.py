@@ -7,10 +7,10 @@
 
 from .api import Result, apply_plan, fold, fold_report, mupify
 from .errors import MuRewriteError, VerificationError
-from .passes.emit import param_groups
+from .passes.emit import build_optimizer, param_groups
 from .plan import Plan
 
-__all__ = ["mupify", "apply_plan", "fold", "fold_report", "param_groups", "Plan", "Result", "MuRewriteError", "VerificationError"]
+__all__ = ["mupify", "apply_plan", "fold", "fold_report", "param_groups", "build_optimizer", "Plan", "Result", "MuRewriteError", "VerificationError"]
 _SUBMODULES = ("hf", "coordcheck")  # imported on first use: muprewrite.hf needs transformers
 
 

@@ -12,12 +12,13 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from .errors import MuRewriteError
+from .optimizers import family
 from .loading import infer_example_inputs
 from .passes.attention import find_attention
 from .passes.capture import build_model, capture, inputs_at
 from .passes.decide import decide
 from .passes.dims import Dataflow, analyse_dims
-from .passes.emit import param_groups, write_artifacts
+from .passes.emit import build_optimizer, param_groups, write_artifacts
 from .passes.fold import compare_outputs, describe
 from .passes.fold import fold as fold_edits
 from .passes.fold import unfold
@@ -42,11 +43,19 @@ class Result:
     report: Report
 
     def param_groups(self, lr: float, weight_decay: float = 0.0, optimizer: str = "adamw",
-                     eps: float | None = None) -> list:
-        """Parameter groups for `torch.optim` with the plan's per-tensor LR, weight decay (and eps)."""
+                     eps: float | None = None):
+        """Parameter groups for `torch.optim` with the plan's per-tensor LR, weight decay (and eps);
+        optimizer="muon" gives {"muon": groups, "adamw": groups}."""
+        return param_groups(self._model(), self.plan, lr, weight_decay, optimizer, eps)
+
+    def optimizer(self, optimizer: str, lr: float, weight_decay: float = 0.0, eps: float | None = None, **settings):
+        """The optimizer itself (adamw, sgd, lion, adafactor, or muon: Muon and AdamW as one)."""
+        return build_optimizer(self._model(), self.plan, optimizer, lr, weight_decay, eps, **settings)
+
+    def _model(self) -> nn.Module:
         if self.model is None:
             raise MuRewriteError("this result has no model (materialize=False); use muprewrite.param_groups(model, plan, ...)")
-        return param_groups(self.model, self.plan, lr, weight_decay, optimizer, eps)
+        return self.model
 
     def save(self, out_dir) -> list:
         """Write plan.json, report.md and report.html into `out_dir`."""
@@ -68,15 +77,18 @@ class Result:
 
 def mupify(factory, *, base: int, target: int, delta: int | None = None, example_inputs=None,
            parametrization: str = "mup", options: dict | None = None, verify_width: bool = True,
-           materialize: bool = True, progress: bool = False) -> Result:
+           materialize: bool = True, progress: bool = False, optimizers=("adam", "sgd")) -> Result:
     """Compile `factory(width) -> nn.Module` into its muP version at `target` width.
 
     The model is captured at `base`, `delta` (default 2 * base) and `target` on the meta device;
     a dim is infinite when it differs between base and delta. The returned model is built by
     `factory(target)` and edited in place (your class, your hierarchy); the plan is verified
-    at width `delta` against the edited graph unless `verify_width=False`.
+    at width `delta` against the edited graph unless `verify_width=False`. `optimizers`: the
+    families the report shows (every family's multipliers are in the plan).
     """
     widths = _check_widths(base, delta, target)
+    families = list(dict.fromkeys(family(name).name for name in ([optimizers] if isinstance(optimizers, str)
+                                                                   else optimizers)))
     if parametrization not in PARAMETRIZATIONS:
         raise MuRewriteError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
     # The analysis must not consume the caller's RNG: the returned model is initialised exactly
@@ -85,6 +97,7 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
         analysis = analyse(factory, example_inputs, widths, step)
         plan = analysis.plan(parametrization, options, "target")
         plan.notes = model_notes(factory, analysis.flow)
+        plan.optimizers = families
         step("rewriting the graph")
         diff = graph_diff(analysis.flow.modules["target"], plan)
         verification = None

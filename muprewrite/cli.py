@@ -15,6 +15,7 @@ from .api import mupify
 from .errors import MuRewriteError
 from .hf import GROWS
 from .loading import load_model_file
+from .optimizers import NAMES
 from .passes.emit import check_out_dir
 from .rules import PARAMETRIZATIONS
 
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a rewrite option, repeatable: alpha_out=2.0, zero_init_readout=true, "
                         "zero_init_query=true, norm_gains=frozen, weight_decay=coupled, attention_scale=sp, "
                         "adam_eps=scaled, alpha_attn=..., alpha_in=... (see README)")
+    parser.add_argument("--optimizer", action="append", choices=sorted(NAMES), metavar="NAME",
+                        help="an optimizer family you will train with, repeatable (the report shows its LR and WD "
+                        "multipliers): " + ", ".join(sorted(NAMES)) + " (default: adamw and sgd)")
     parser.add_argument("--out", metavar="DIR", help="write plan.json, report.md and report.html into DIR")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON on stdout and nothing else")
     parser.add_argument("--full", action="store_true", help="report every parameter, edit and diff hunk (repeated "
@@ -112,6 +116,7 @@ def compile_model(args):
     inputs = _example_inputs(module)
     return mupify(factory, base=base, delta=args.delta, target=target, example_inputs=inputs,
                   parametrization=args.parametrization, options=parse_options(args.option),
+                  optimizers=args.optimizer or ("adam", "sgd"),
                   verify_width=not args.no_verify,
                   materialize=False, progress=not args.json and sys.stderr.isatty())
 
@@ -124,6 +129,7 @@ def command_line_origin(args) -> dict:
         command += [flag, str(value)] if value is not None else []
     command += ["--parametrization", args.parametrization] if args.parametrization != "mup" else []
     command += [part for pair in args.option for part in ("--option", pair)]
+    command += [part for name in args.optimizer or () for part in ("--optimizer", name)]
     return {"model": args.model, "grow": args.grow, "out": args.out, "command": command}
 
 

@@ -36,6 +36,7 @@ the same at every step (the RNG is reseeded before each forward).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import torch
@@ -50,12 +51,13 @@ from .errors import MuRewriteError
 from .passes import ops
 from .passes.capture import build_model, export_model, inputs_at, split_inputs, to_device
 from .passes.dims import _innermost_module
-from .passes.emit import param_groups
+from .optimizers import NAMES
+from .passes.emit import build_optimizer
 from .passes.rewrite import rewrite_graph
 
 DEFAULT_MULTIPLIERS = (1, 2, 4, 8, 16)
 DEFAULT_STEPS = 4
-DEFAULT_LR = {"adam": 1e-2, "adamw": 1e-2, "sgd": 1e-1}
+DEFAULT_LR = {name: family.coordcheck_lr for name, family in NAMES.items()}
 # The verdict: a node grows when its slope of log mean|x| vs log width, pooled over steps 1..T and the
 # seeds, exceeds DEFAULT_THRESHOLD (growth by 16**0.125 = 1.4x over the default 16x range of widths).
 # Calibrated by benchmarks/coordcheck_calibration.py (results/coordcheck_calibration.md): with these
@@ -67,7 +69,7 @@ DEFAULT_LR = {"adam": 1e-2, "adamw": 1e-2, "sgd": 1e-1}
 DEFAULT_THRESHOLD = 0.125
 DEFAULT_SEEDS = 3
 ADAM_EPS = 1e-8  # torch's default
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = tuple(NAMES)
 
 
 def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIERS, delta: int | None = None,
@@ -131,19 +133,19 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
                                                  f"{f', seed {run_seed}' if seeds > 1 else ''}")
                     torch.manual_seed(run_seed)
                     model = build_model(factory, width)
-                    if side == "sp":
+                    if side == "sp":  # one LR for everything (muon: Muon for the same matrices)
                         gm = _copy(graph)
                         gm.load_state_dict(model.state_dict())
-                        groups = [{"params": [p for p in gm.parameters() if p.requires_grad], "lr": lr,
-                                   "weight_decay": weight_decay}]
+                        side_plan = _as_sp(plan)
                     else:  # = mupify(...).model, whose init the plan decides, as a rewritten graph
                         model = apply_plan(model, plan, reinit=True, inplace=True)
                         gm = rewrite_graph(_copy(graph), plan)
                         gm.load_state_dict(model.state_dict())
                         _check_names(gm, plan)
-                        eps = {"eps": ADAM_EPS} if optimizer != "sgd" else {}  # the plan may scale eps per tensor
-                        groups = param_groups(gm, plan, lr=lr, weight_decay=weight_decay, optimizer=optimizer, **eps)
-                    runs.append(_train_and_record(gm, inputs, groups, optimizer, steps, run_seed, loss_fn))
+                        side_plan = plan
+                    # the plan may scale eps per tensor
+                    opt = build_optimizer(gm, side_plan, optimizer, lr=lr, weight_decay=weight_decay, eps=ADAM_EPS)
+                    runs.append(_train_and_record(gm, inputs, opt, steps, run_seed, loss_fn))
                     loss_name = runs[-1][2]
                     bar.advance(task)
                 for node, info in _node_info(gm).items():
@@ -280,10 +282,16 @@ def _forward(gm, inputs, seed):
     return out, dict(zip(names, values))
 
 
-def _train_and_record(gm, inputs, groups, optimizer, steps, seed, loss_fn):
+def _as_sp(plan):
+    """The plan's tensors, each with every optimizer multiplier 1: a plain optimizer of its family."""
+    def plain(p):
+        ones = {family: 1.0 for family in p.lr_mult}
+        return dataclasses.replace(p, lr_mult=ones, wd_mult=dict(ones), eps_mult=1.0, trainable=True)
+    return dataclasses.replace(plan, parameters={n: plain(p) for n, p in plan.parameters.items()})
+
+
+def _train_and_record(gm, inputs, opt, steps, seed, loss_fn):
     gm.train()
-    make = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer]
-    opt = make(groups, eps=ADAM_EPS) if optimizer != "sgd" else make(groups)
     records, losses, name = [], [], None
     for t in range(steps + 1):
         with torch.enable_grad():

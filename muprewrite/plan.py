@@ -14,9 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import MuRewriteError
-
-OPTIMIZER_FAMILIES = {"adam": "adam", "adamw": "adam", "sgd": "sgd"}
-
+from .optimizers import FAMILIES
 
 @dataclass
 class ParamPlan:
@@ -25,8 +23,8 @@ class ParamPlan:
     infinite: list
     role: str
     init_std: dict  # {"before": the model's own std at target, "after": the stored tensor's std}
-    lr_mult: dict  # {"adam": x, "sgd": y}
-    wd_mult: dict  # {"adam": x, "sgd": y}
+    lr_mult: dict  # optimizer family -> LR multiplier (muprewrite/optimizers.py; None: no exact rule)
+    wd_mult: dict  # optimizer family -> weight-decay multiplier
     uses: list = field(default_factory=list)  # [{"node", "op", "module", "role", ...}]
     aliases: list = field(default_factory=list)  # other names of a tied tensor
     weight_multiplier: float = 1.0  # applied at every use site; the stored tensor is divided by it
@@ -35,6 +33,7 @@ class ParamPlan:
     fill: float | None = None  # set to this constant whenever the plan is applied (norm_gains="removed")
     zero: list = field(default_factory=list)  # [{"dim", "start", "stop"}] zeroed at init (zero-init options)
     zero_mean: bool = True  # centred init: rescale the whole tensor; else only its deviation from its mean
+    routes: dict = field(default_factory=dict)  # family -> the optimizer it goes to, where not the family's own
 
     @property
     def init_ratio(self) -> float:
@@ -95,6 +94,9 @@ class Plan:
     # how the model was obtained and captured: a factory's width rule (Hugging Face configs: which
     # fields were scaled), the capture mode and any fallback taken — one line each
     notes: list = field(default_factory=list)
+    # the optimizer families the user will train with (the report shows their multipliers; every
+    # family's are in lr_mult / wd_mult)
+    optimizers: list = field(default_factory=lambda: ["adam", "sgd"])
 
     def param(self, name: str) -> ParamPlan | None:
         if name in self.parameters:
@@ -113,15 +115,18 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
         try:
-            _check_fields(Plan, data, "the plan", ("options", "notes"))
+            _check_fields(Plan, data, "the plan", ("options", "notes", "optimizers"))
             parameters = {k: ParamPlan(**_check_fields(ParamPlan, v, f"parameter {k!r}")) for k, v in
                           data["parameters"].items()}
             edits = [Edit(**_check_fields(Edit, e, f"edit {i}")) for i, e in enumerate(data["edits"])]
+            unknown = [f for f in data.get("optimizers", []) if f not in FAMILIES]
+            if unknown:
+                raise ValueError(f"optimizers names {unknown[0]!r}, not one of {', '.join(FAMILIES)}")
             warnings = [PlanWarning(**_check_fields(PlanWarning, w, f"warning {i}"))
                         for i, w in enumerate(data["warnings"])]
             return cls(**{k: data[k] for k in ("parametrization", "base_width", "delta_width", "target_width")},
                        options=data.get("options", {}), parameters=parameters, edits=edits, warnings=warnings,
-                       notes=list(data.get("notes", [])))
+                       notes=list(data.get("notes", [])), optimizers=list(data.get("optimizers", ["adam", "sgd"])))
         except (KeyError, TypeError, ValueError) as exc:
             raise MuRewriteError(f"not a muprewrite plan: {exc}; pass a plan.json written by muprewrite") from exc
 

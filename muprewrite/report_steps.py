@@ -61,6 +61,11 @@ def _plan_steps(plan: Plan) -> list:
 
 def _optimizer_lines(plan: Plan, call: str) -> list:
     eps = ", eps=1e-8" if any(p.eps_mult != 1.0 for p in plan.parameters.values()) else ""
+    first = (families(plan) or ["adam"])[0]
+    if first != "adam":  # the first family the user named builds the optimizer (muon: Muon and AdamW as one)
+        builder = call.replace("result.param_groups(", "result.optimizer(").replace(
+            "muprewrite.param_groups(", "muprewrite.build_optimizer(")
+        return [f"optimizer = {builder}{first!r}, lr={LR}, weight_decay={WD})"]
     lines = [f"groups = {call}lr={LR}, weight_decay={WD}{eps})", "optimizer = torch.optim.AdamW(groups)"]
     others = [repr(f) for f in families(plan) if f != "adam"]
     if others:

@@ -60,11 +60,8 @@ def num(x: float) -> str:
 # ---- optimizer families and what changes ------------------------------------------------------
 
 def families(plan: Plan) -> list:
-    """The optimizer families the plan has multipliers for, in the plan's order (adam, sgd, ...)."""
-    seen = {}
-    for p in plan.parameters.values():
-        seen.update(dict.fromkeys([*p.lr_mult, *p.wd_mult]))
-    return list(seen)
+    """The optimizer families the user will train with (plan.optimizers), in their order."""
+    return list(plan.optimizers)
 
 
 def edits_by_param(plan: Plan) -> dict:

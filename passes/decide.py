@@ -17,9 +17,10 @@ import math
 
 from torch import fx
 
+from .. import optimizers
 from ..errors import MuRewriteError
 from ..plan import Edit, ParamPlan, Plan
-from ..rules import attention_factor, rule_for, weight_decay_mult
+from ..rules import KEEP, attention_factor, rule_for, weight_decay_mult
 from . import ops
 from .attention import hidden_logit_paths
 from .dims import Dataflow
@@ -36,6 +37,7 @@ DEFAULT_OPTIONS = {
     "zero_init_query": False,  # TP5 §D.2; Lingle: slightly better
     "norm_gains": "trainable",  # "frozen" (requires_grad False) or "removed" (fixed at 1)
     "adam_eps": "constant",  # "scaled": eps / fan_in multiplier (TP5 §B.3)
+    "muon_adjust_lr": "original",  # torch.optim.Muon's adjust_lr_fn the muon groups are made for
     # "freeze": a scalar on a readout's input that changes with width (T5's d_model**-0.5) is
     # held at its base value, so muP's 1/m is the readout's only width dependence; "keep" keeps it
     "width_constants": "freeze",
@@ -48,6 +50,7 @@ CHOICES = {
     "attention_scale": ("mup", "sp"),
     "norm_gains": ("trainable", "frozen", "removed"),
     "adam_eps": ("constant", "scaled"),
+    "muon_adjust_lr": optimizers.MUON_ADJUST_LR,
     "width_constants": ("freeze", "keep"),
     "unknown_ops": ("error", "sp"),
 }
@@ -183,21 +186,36 @@ def _param_plan(flow, node, name, param_uses, stats, parametrization, options, a
     rule = rule_for(parametrization, role, m, f, options["alpha_out"], options["alpha_in"])
     before = stats.std_at(flow.widths.ratio(at))
     effective = before if rule.init is None else stats.base_std * rule.init
-    lr = {"adam": rule.lr_adam, "sgd": rule.lr_sgd}
+    stored = effective / rule.weight_multiplier
+    tensor = optimizers.Tensor(role, tuple(shape.at(at)), tuple(shape.base), m, f, rule.lr_adam, rule.lr_sgd,
+                               optimizers.rms_ratio(stored, _stored_std_at_base(stats, rule, parametrization, role,
+                                                                                options), stats.zero_mean),
+                               options, keep=rule is KEEP)
+    lr = {name: family.lr(tensor) for name, family in optimizers.FAMILIES.items()}
     return ParamPlan(
         shape=list(shape.at(at)),
         base_shape=list(shape.base),
         infinite=list(shape.infinite),
         role=role,
-        init_std={"before": before, "after": effective / rule.weight_multiplier},
+        init_std={"before": before, "after": stored},
         lr_mult=lr,
-        wd_mult={k: weight_decay_mult(v, options["weight_decay"]) for k, v in lr.items()},
+        wd_mult={k: None if v is None else weight_decay_mult(v, options["weight_decay"]) for k, v in lr.items()},
+        routes={name: route for name, family in optimizers.FAMILIES.items()
+                if (route := family.route(tensor)) != name},
         uses=[_use_record(u, at) for u in param_uses],
         aliases=list(flow.captures.aliases.get(name, [])),
         weight_multiplier=rule.weight_multiplier,
         eps_mult=1.0 / m if options["adam_eps"] == "scaled" and parametrization != "sp" else 1.0,
         zero_mean=stats.zero_mean,
     )
+
+
+def _stored_std_at_base(stats, rule, parametrization, role, options) -> float:
+    """The stored tensor's std at base width (the table at m = f = 1: alpha_in's weight multiplier)."""
+    if rule is KEEP:
+        return stats.base_std
+    at_base = rule_for(parametrization, role, 1.0, 1.0, options["alpha_out"], options["alpha_in"])
+    return stats.base_std * (1.0 if at_base.init is None else at_base.init) / at_base.weight_multiplier
 
 
 def _use_record(use, at) -> dict:

@@ -14,34 +14,58 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import MuRewriteError
-from ..plan import OPTIMIZER_FAMILIES, Plan
+from .. import optimizers
+from ..plan import Plan
 
 
 def param_groups(model: nn.Module, plan: Plan, lr: float, weight_decay: float = 0.0,
-                 optimizer: str = "adamw", eps: float | None = None) -> list:
+                 optimizer: str = "adamw", eps: float | None = None):
     """One group per distinct (LR, weight decay[, eps]) triple, in parameter order.
 
     Frozen parameters (requires_grad False) are left out. With `eps` (Adam), each group gets
     eps times the plan's eps multiplier (1 unless the plan has adam_eps="scaled"). At base
     width every multiplier is 1, so this is a single group with model.parameters() in order —
-    the same optimizer state as a plain optimizer.
+    the same optimizer state as a plain optimizer. A family whose tensors go to two optimizers
+    (muon: Muon for the hidden matrices, AdamW for the rest) gives {optimizer: groups}.
     """
-    if optimizer not in OPTIMIZER_FAMILIES:
-        raise MuRewriteError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZER_FAMILIES)}")
-    family = OPTIMIZER_FAMILIES[optimizer]
-    groups, prefix = {}, []
+    family = optimizers.family(optimizer)
+    routed, prefix = {}, []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         entry = _entry(plan, name, prefix)
-        lr_mult, wd_mult = entry.lr_mult[family], entry.wd_mult[family]
-        key = (lr * lr_mult, weight_decay * wd_mult, None if eps is None else eps * entry.eps_mult)
+        if family.name not in entry.lr_mult:
+            raise MuRewriteError(f"the plan has no {family.name} multipliers (made by an older muprewrite); "
+                                 "make the plan again")
+        lr_mult, wd_mult = entry.lr_mult[family.name], entry.wd_mult[family.name]
+        if lr_mult is None:
+            raise MuRewriteError(f"parameter '{name}': no exact {family.name} rule (its init is not centred, so "
+                                 "muP changes its RMS by an amount the plan does not know); use optimizer='adamw'")
+        route = entry.routes.get(family.name, family.name)
+        takes_eps = eps is not None and (family.takes_eps and route != "muon")
+        key = (lr * lr_mult, weight_decay * wd_mult, eps * entry.eps_mult if takes_eps else None)
+        groups = routed.setdefault(route, {})
         group = groups.setdefault(key, {"params": [], "lr": key[0], "weight_decay": key[1], "names": []})
-        if eps is not None:
+        if takes_eps:
             group["eps"] = key[2]
+        if route == "muon":
+            group["adjust_lr_fn"] = plan.options.get("muon_adjust_lr", "original")
         group["params"].append(param)
         group["names"].append(name)
-    return list(groups.values())
+    lists = {route: list(groups.values()) for route, groups in routed.items()}
+    if len(family.route_names) > 1:
+        return {route: lists.get(route, []) for route in family.route_names}
+    return lists.get(family.name, [])
+
+
+def build_optimizer(model: nn.Module, plan: Plan, optimizer: str, lr: float, weight_decay: float = 0.0,
+                    eps: float | None = None, **settings):
+    """The torch optimizer of `optimizer`'s family over the plan's groups (muon: Muon and AdamW
+    stepped as one); `settings` (betas, momentum, ...) go to its constructor."""
+    family = optimizers.family(optimizer)
+    groups = param_groups(model, plan, lr, weight_decay, optimizer, eps)
+    routed = groups if isinstance(groups, dict) else {family.name: groups}
+    return family.build(routed, **settings)
 
 
 # components that wrappers add to parameter names: DDP/FSDP1 ("module", "_fsdp_wrapped_module"),

@@ -51,7 +51,7 @@ def test_sp_parametrization_changes_nothing(capsys):
     plan = json.loads(out)
     assert code == 0 and plan["edits"] == []
     for name, p in plan["parameters"].items():
-        assert p["lr_mult"] == {"adam": 1.0, "sgd": 1.0}, name
+        assert set(p["lr_mult"].values()) == {1.0}, name
         assert p["init_std"]["before"] == p["init_std"]["after"], name
 
 
@@ -111,7 +111,7 @@ def test_unclassifiable_use_kept_in_sp_when_asked(capsys):
     assert code == 0
     offsets = plan["parameters"]["offsets"]
     assert offsets["role"] == "unclassified"
-    assert offsets["lr_mult"] == {"adam": 1.0, "sgd": 1.0}
+    assert set(offsets["lr_mult"].values()) == {1.0}
     assert offsets["init_std"]["before"] == offsets["init_std"]["after"]
     warning = next(w for w in plan["warnings"] if w["code"] == "unclassified-use")
     assert warning["subjects"] == ["offsets"] and "cumsum" in warning["message"]

@@ -192,7 +192,7 @@ def test_t5_relative_position_bias_is_a_scalar():
     assert len(biases) == 2  # encoder block 0 and decoder block 0; later blocks reuse the bias
     for p in biases.values():
         assert p.role == "scalar" and p.infinite == [False, False]
-        assert p.lr_mult == {"adam": 1.0, "sgd": 1.0}
+        assert set(p.lr_mult.values()) == {1.0}
         assert all(u["op"] == "embedding" for u in p.uses)
 
 

@@ -161,7 +161,7 @@ def test_sp_is_the_identity_and_mup_lr_scales_with_fan_in(base, factor, parametr
                     parametrization=parametrization)
     hidden = plan.parameters["hidden.1.weight"]
     if parametrization == "sp":
-        assert plan.edits == [] and hidden.lr_mult == {"adam": 1.0, "sgd": 1.0}
+        assert plan.edits == [] and set(hidden.lr_mult.values()) == {1.0}
         assert all(p.init_std["before"] == p.init_std["after"] for p in plan.parameters.values())
     else:
         assert hidden.lr_mult["adam"] == pytest.approx(1 / factor)
@@ -176,7 +176,7 @@ def test_options_reach_the_plan():
     inputs = (torch.randn(2, 5),)
     plan = plan_for(factory, inputs, options={"weight_decay": "coupled", "alpha_out": 2.0})
     assert plan.options["weight_decay"] == "coupled"
-    assert plan.parameters["hidden.1.weight"].wd_mult == {"adam": 1.0, "sgd": 1.0}
+    assert set(plan.parameters["hidden.1.weight"].wd_mult.values()) == {1.0}
     assert "coupled-weight-decay" in [w.code for w in plan.warnings]
     assert plan.edits[0].new == pytest.approx(2.0 / 4)
     attention = plan_for(BaddbmmAttention, (torch.randn(2, 4, 6),), options={"alpha_attn": 0.5})

@@ -93,7 +93,7 @@ def test_param_groups_cover_every_parameter_once(tied):
     assert lrs["wte.weight"] == pytest.approx(1e-3)
     torch.optim.AdamW(groups)  # accepted as is
     with pytest.raises(MuRewriteError, match="unknown optimizer"):
-        tied.param_groups(lr=1e-3, optimizer="lion")
+        tied.param_groups(lr=1e-3, optimizer="rmsprop")
 
 
 def test_report_is_a_view_of_the_plan(tied):
@@ -129,6 +129,7 @@ def test_bad_plan_files_are_one_line_errors(tmp_path):
     (lambda d: next(iter(d["parameters"].values())).pop("shape"), "lacks 'shape'"),
     (lambda d: d["edits"][0].update(extra=1), "unknown field 'extra'"),
     (lambda d: d.update(edits={}), "edits is {}, expected list"),
+    (lambda d: d.update(optimizers=["rmsprop"]), "optimizers names 'rmsprop'"),
 ])
 def test_plan_with_wrong_types_or_kinds_is_refused_naming_the_field(tied, tmp_path, corrupt, message):
     data = json.loads(tied.plan.to_json())
