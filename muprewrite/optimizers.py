@@ -99,13 +99,14 @@ def _build_single(make):
     return build
 
 
-def _build_muon(groups: dict, eps: float | None = None, **muon_settings):
-    """Muon (its adjust_lr_fn is in each group) and AdamW (eps in its groups), stepped as one."""
+def _build_muon(groups: dict, eps: float | None = None, adamw: dict | None = None, **muon_settings):
+    """Muon (its adjust_lr_fn is in each group) and AdamW (eps in its groups; `adamw`: its other
+    settings, such as betas), stepped as one."""
     parts = []
     if groups.get("muon"):
         parts.append(torch.optim.Muon(groups["muon"], **muon_settings))
     if groups.get("adamw"):
-        parts.append(torch.optim.AdamW(groups["adamw"]))
+        parts.append(torch.optim.AdamW(groups["adamw"], **(adamw or {})))
     return parts[0] if len(parts) == 1 else Combined(parts)
 
 

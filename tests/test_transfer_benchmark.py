@@ -105,6 +105,15 @@ def test_same_at_base_is_true_bit_for_bit(side):
     assert identical == (side in transfer.SAME_AT_BASE)
 
 
+@pytest.mark.parametrize("optimizer", ["muon", "lion", "adafactor"])
+def test_sp_and_mup_are_the_same_at_base_with_every_family(optimizer):
+    """The sweep shares base-width runs between SP and muP with another optimizer family too."""
+    cfg = _config(optimizer=optimizer)
+    sp_loss, sp_state = _one_step(cfg, "sp")
+    loss, state = _one_step(cfg, "mup")
+    assert loss == sp_loss and all(torch_equal(state[k], sp_state[k]) for k in sp_state)
+
+
 def torch_equal(a, b):
     import torch
 

@@ -71,6 +71,7 @@ class Config:
     seed: int = 0
     val_frac: float = 0.1
     variants: dict = field(default_factory=dict)   # side name -> mupify options (None = SP)
+    optimizer: str = "adamw"       # a muprewrite optimizer family (muon: Muon for hidden matrices + AdamW)
 
 
 MAIN_VARIANTS = {"sp": None, "mup": {}}
@@ -211,18 +212,21 @@ def build(cfg: Config, side: str, width: int, lr: float, device):
     factory = make_factory(cfg)
     options = cfg.variants[side]
     torch.manual_seed(cfg.seed)
-    if options is None:        # SP: the original model with a plain optimizer
-        model = factory(width)
-        groups = model.parameters()
-    else:                      # muP: muprewrite's rewrite and its per-tensor LR / weight decay
-        example = (torch.zeros(1, cfg.block_size, dtype=torch.long),)
-        result = muprewrite.mupify(factory, base=cfg.base, target=width, example_inputs=example,
-                                   options=options or None, verify_width=False)
-        model = result.model
+    if options is None and cfg.optimizer == "adamw":  # SP: the original model with a plain optimizer
+        model = factory(width).to(device)
+        return model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+                                        eps=cfg.eps)
+    # muP: muprewrite's rewrite and its per-tensor LR / weight decay; SP with another family: the
+    # SP plan (every multiplier 1), which knows which tensors the family sends where (muon)
+    example = (torch.zeros(1, cfg.block_size, dtype=torch.long),)
+    result = muprewrite.mupify(factory, base=cfg.base, target=width, example_inputs=example, verify_width=False,
+                               parametrization="sp" if options is None else "mup", options=options or None)
+    model = result.model.to(device)
+    if cfg.optimizer == "adamw":
         groups = result.param_groups(lr=lr, weight_decay=cfg.weight_decay, optimizer="adamw")
-    model.to(device)
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
-    return model, optimizer
+        return model, torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
+    settings = {"adamw": {"betas": cfg.betas}} if cfg.optimizer == "muon" else {}
+    return model, result.optimizer(cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, eps=cfg.eps, **settings)
 
 
 def lr_factor(cfg: Config):
@@ -415,7 +419,7 @@ def render_markdown(data: dict, png_name: str) -> str:
     lines += [
         f"nanoGPT (`examples/nanogpt.py`): n_layer {cfg.n_layer}, n_head {cfg.n_head} (fixed, so d_head = width/{cfg.n_head} "
         f"grows), block {cfg.block_size}, byte vocabulary {VOCAB}, dropout 0, untied readout. "
-        f"Widths {', '.join(map(str, cfg.widths))} (muP base {cfg.base}). AdamW betas {tuple(cfg.betas)}, eps {cfg.eps:g}, "
+        f"Widths {', '.join(map(str, cfg.widths))} (muP base {cfg.base}). {_optimizer_words(cfg)}, "
         f"weight decay {cfg.weight_decay:g}, grad-norm clip {cfg.grad_clip:g}, {cfg.steps} steps of {cfg.batch_size}x{cfg.block_size} tokens, "
         f"{cfg.warmup_frac:.0%} linear warmup then cosine decay to 0; LR grid {fmt_lr(min(cfg.log2_lrs))} … "
         f"{fmt_lr(max(cfg.log2_lrs))} in steps of 2x. Validation loss = mean cross-entropy (nats/byte) over "
@@ -591,6 +595,7 @@ def parse_args(argv=None):
     p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="preset (default: default; --gpu: large)")
     p.add_argument("--gpu", action="store_true", help="the large configuration on cuda")
     p.add_argument("--ablation", choices=["lingle"], default=None, help="Lingle 2024's muP ablations instead of SP vs muP")
+    p.add_argument("--optimizer", default=None, help="optimizer family: adamw (default), muon, lion, adafactor, sgd")
     p.add_argument("--variants", default=None, help="comma-separated subset of the sides to run")
     p.add_argument("--widths", default=None, help="e.g. 32,64,128")
     p.add_argument("--base", type=int, default=None)
@@ -638,14 +643,25 @@ def make_config(args) -> tuple[Config, str]:
         else:
             values["log2_lrs"] = [float(x) if "." in x else int(x) for x in args.lrs.split(",")]
     for key in ("base", "steps", "batch_size", "block_size", "n_layer", "n_head", "eval_batches", "weight_decay",
-                "grad_clip", "corpus", "seed"):
+                "grad_clip", "corpus", "seed", "optimizer"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     values["widths"] = sorted(values["widths"])
     if values["base"] not in values["widths"]:
         values["widths"] = sorted(values["widths"] + [values["base"]])
-    name = args.name or "transfer" + ("" if preset == "default" else f"_{preset}") + ("_lingle" if args.ablation else "")
+    name = args.name or "transfer" + ("" if preset == "default" else f"_{preset}") + ("_lingle" if args.ablation else "") \
+        + (f"_{args.optimizer}" if args.optimizer and args.optimizer != "adamw" else "")
     return Config(**values), name
+
+
+def _optimizer_words(cfg: Config) -> str:
+    adamw = f"AdamW betas {tuple(cfg.betas)}, eps {cfg.eps:g}"
+    if cfg.optimizer == "adamw":
+        return adamw
+    if cfg.optimizer == "muon":
+        return (f"Optimizer: muon (torch.optim.Muon, adjust_lr_fn 'original', for the 2-D hidden matrices, on both sides; "
+                f"{adamw} for the rest, at the same lr)")
+    return f"Optimizer: {cfg.optimizer} (muprewrite's family, on both sides)"
 
 
 def base_partner(cfg: Config, side: str, width: int) -> str | None:
