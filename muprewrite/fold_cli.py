@@ -28,7 +28,7 @@ from .errors import MuRewriteError
 from .hf import GROWS
 from .loading import infer_example_inputs, load_model_file
 from .passes.capture import build_model
-from .passes.emit import check_out_dir
+from .passes.emit import check_out_dir, write_atomically
 from .passes.fold import describe, planned_targets
 from .plan import Plan
 
@@ -78,8 +78,8 @@ def run(args) -> int:
     mup_model = apply_plan(model, plan, inplace=True)
     inputs = None if args.no_check else (_example_inputs(module) or infer_example_inputs(model))
     folded = fold(mup_model, plan, example_inputs=inputs, inplace=True)
-    paths = _save_hf(folded, out) if is_hf else [_write(out / STATE_DICT, lambda f: torch.save(folded.state_dict(), f))]
-    paths.append(_write(out / REPORT, lambda f: f.write(fold_report(plan).encode() + b"\n")))
+    paths = _save_hf(folded, out) if is_hf else [write_atomically(out / STATE_DICT, lambda f: torch.save(folded.state_dict(), f))]
+    paths.append(write_atomically(out / REPORT, lambda f: f.write(fold_report(plan).encode() + b"\n")))
     Console().print(_table(plan))
     Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
@@ -135,18 +135,6 @@ def _save_hf(model, out: Path) -> list:
         return paths
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _write(path: Path, write) -> Path:
-    """Write a file whole or not at all (temp file + rename)."""
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        try:
-            write(tmp)
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
-    return path
 
 
 def _table(plan: Plan) -> Table:

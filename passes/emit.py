@@ -118,15 +118,27 @@ def check_out_dir(out_dir, artifacts=ARTIFACTS) -> Path:
 
 
 def write_artifacts(plan: Plan, report, out_dir) -> list:
-    """plan.json, report.md and report.html, each written whole or not at all (temp file + rename)."""
+    """plan.json, report.md and report.html, each written whole or not at all."""
     out = check_out_dir(out_dir)
     texts = dict(zip(ARTIFACTS, (plan.to_json(), report.to_markdown(), report.to_html())))
-    for name, text in texts.items():
-        with tempfile.NamedTemporaryFile("w", dir=out, prefix=f".{name}.", delete=False, encoding="utf-8") as tmp:
-            try:
-                tmp.write(text)
-            except BaseException:
-                os.unlink(tmp.name)
-                raise
-        os.replace(tmp.name, out / name)
-    return [out / name for name in ARTIFACTS]
+    return [write_atomically(out / name, lambda f, text=text: f.write(text.encode("utf-8"))) for name, text in texts.items()]
+
+
+def write_atomically(path: Path, write) -> Path:
+    """`write(binary file)` into a temp file beside `path`, then renamed onto it: the file is whole
+    or absent, never half-written; it gets the permissions a plain open() would (the umask's)."""
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        try:
+            write(tmp)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    os.chmod(tmp.name, 0o666 & ~_umask())
+    os.replace(tmp.name, path)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,7 +1,9 @@
 """The command line: artifacts, JSON, model loading, and one-line errors for bad input."""
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +33,11 @@ def test_out_writes_plan_and_reports(tmp_path, capsys, monkeypatch):
     markdown = (tmp_path / "report.md").read_text()
     assert "| `wte.weight` |" in markdown and "```diff" in markdown
     assert "<html" in (tmp_path / "report.html").read_text().lower()
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("plan.json", "report.md", "report.html"):  # the permissions open() gives, not a temp file's 0600
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_json_prints_only_the_plan(capsys):
