@@ -86,7 +86,7 @@ LINGLE_VARIANTS = {
 SAME_AT_BASE = {side: {**MAIN_VARIANTS, **LINGLE_VARIANTS}[side]
                 for side in ("sp", "mup", "mup+coupled_wd", "mup+sp_attention")}
 VARIANT_LABELS = {
-    "sp": "SP (original model, plain AdamW)",
+    "sp": "SP (original model, the plain optimizer: one LR for every tensor)",
     "mup": "muP (muprewrite defaults)",
     "mup+coupled_wd": "muP + weight decay coupled to the per-tensor LR",
     "mup+sp_attention": "muP + SP attention scale 1/sqrt(d_head)",
