@@ -456,8 +456,10 @@ def _run_on_ids(node: fx.Node, value):
 
 
 def _features(value, features: int) -> set:
+    """The output features (last-dim indices of the projection) whose ids `value` holds."""
     tensors = value if isinstance(value, (list, tuple)) else [value]
-    return set().union(*(set((t.reshape(-1) % features).unique().tolist()) for t in tensors if t is not None))
+    counts = [torch.bincount(t.reshape(-1) % features, minlength=features) for t in tensors if t is not None]
+    return set().union(*(set(c.nonzero().flatten().tolist()) for c in counts))
 
 
 def _ranges(indices: set) -> list:
