@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from .errors import WidthPredictionError
+from .errors import MuRewriteError, WidthPredictionError
 
 WIDTH_NAMES = ("base", "delta", "target")
 
@@ -46,7 +46,7 @@ def check_at(at, widths: Widths) -> str | int:
         return at
     if isinstance(at, int) and not isinstance(at, bool) and at > 0:
         return at
-    raise WidthPredictionError(f"plan width {at!r} is neither one of {', '.join(WIDTH_NAMES)} nor a positive integer")
+    raise MuRewriteError(f"plan width {at!r} is neither one of {', '.join(WIDTH_NAMES)} nor a positive integer")
 
 
 def size_at(sizes: dict, widths: Widths, at: str | int, what: str, minimum: int = 1) -> int:

@@ -191,8 +191,10 @@ def test_record_at_predicts_every_changing_integer_and_nothing_else():
 
 def test_the_plan_width_is_a_name_or_a_positive_integer():
     for bad in ("middle", 0, -32, True, 96.0):
-        with pytest.raises(WidthPredictionError, match="neither one of base, delta, target nor a positive integer"):
+        with pytest.raises(muprewrite.MuRewriteError, match="neither one of base, delta, target nor a positive "
+                                                            "integer") as refused:
             check_at(bad, W)
+        assert not isinstance(refused.value, WidthPredictionError)  # plan_for does not capture at such a width
 
 
 # ---------------------------------------------------------------------------------------------- the callers
