@@ -3,14 +3,16 @@
     result = muprewrite.mupify(make_model, base=64, target=1024)
     optimizer = torch.optim.AdamW(result.param_groups(lr=3e-3, weight_decay=0.1))
     sp_model = muprewrite.fold(result.model, result.plan)   # plain weights, no hooks, same outputs
+    analysis = muprewrite.analyse_widths(make_model, base=64, target=1024)
+    plan = analysis.plan_for(256)                            # = mupify(..., target=256).plan, no capture
 """
 
-from .api import Result, apply_plan, fold, fold_report, mupify
+from .api import Analysis, Result, analyse_widths, apply_plan, fold, fold_report, mupify
 from .errors import MuRewriteError, VerificationError
 from .passes.emit import build_optimizer, param_groups
 from .plan import Plan
 
-__all__ = ["mupify", "apply_plan", "fold", "fold_report", "param_groups", "build_optimizer", "Plan", "Result", "MuRewriteError", "VerificationError"]
+__all__ = ["mupify", "analyse_widths", "Analysis", "apply_plan", "fold", "fold_report", "param_groups", "build_optimizer", "Plan", "Result", "MuRewriteError", "VerificationError"]
 _SUBMODULES = ("hf", "coordcheck")  # imported on first use: muprewrite.hf needs transformers
 
 

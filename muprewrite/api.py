@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from .errors import MuRewriteError
+from .errors import MuRewriteError, WidthPredictionError
 from .optimizers import family
 from .loading import infer_example_inputs
 from .passes.attention import find_attention
@@ -87,17 +87,13 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
     families the report shows (every family's multipliers are in the plan).
     """
     widths = _check_widths(base, delta, target)
-    families = list(dict.fromkeys(family(name).name for name in ([optimizers] if isinstance(optimizers, str)
-                                                                   else optimizers)))
-    if parametrization not in PARAMETRIZATIONS:
-        raise MuRewriteError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
+    families = _families(optimizers)
+    _check_parametrization(parametrization)
     # The analysis must not consume the caller's RNG: the returned model is initialised exactly
     # as `factory(target)` would be right now (bit for bit the original at base width).
     with _Steps(progress) as step, torch.random.fork_rng(devices=[]):
         analysis = analyse(factory, example_inputs, widths, step)
-        plan = analysis.plan(parametrization, options, "target")
-        plan.notes = model_notes(factory, analysis.flow)
-        plan.optimizers = families
+        plan = _finished(analysis.plan(parametrization, options, "target"), factory, analysis.flow, families)
         step("rewriting the graph")
         diff = graph_diff(analysis.flow.modules["target"], plan)
         verification = None
@@ -113,18 +109,67 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
 
 @dataclass
 class Analysis:
-    """What the analysis passes found; plans for any captured width are made from it."""
+    """What the analysis passes found; plans for any width are made from it."""
 
     inputs: object
     flow: Dataflow
     uses: dict
     sites: list
     init: dict
+    factory: object = None
 
-    def plan(self, parametrization: str = "mup", options: dict | None = None, at: str = "target") -> Plan:
+    def plan(self, parametrization: str = "mup", options: dict | None = None, at: str | int = "target") -> Plan:
+        """The plan at `at`: a captured width's name ("base", "delta", "target"), or any width, where
+        every size and constant is predicted from the captures (WidthPredictionError if one cannot be)."""
         plan = decide(self.flow, self.uses, self.sites, self.init, parametrization, options, at)
         plan.warnings = lint(self.flow, self.uses, self.sites, self.init, plan)
         return plan
+
+    def plan_for(self, width: int, parametrization: str = "mup", options: dict | None = None,
+                 optimizers=("adam", "sgd")) -> Plan:
+        """The plan `mupify(factory, base, delta, target=width, ...)` makes, from this analysis; where
+        a size or constant cannot be predicted at `width`, from a capture at `width` (the notes say why)."""
+        families = _families(optimizers)
+        _check_parametrization(parametrization)
+        widths = self.flow.widths
+        with torch.random.fork_rng(devices=[]):
+            try:
+                plan, flow = self.plan(parametrization, options, width), self.flow
+                notes = [] if widths.captured(width) else [
+                    f"planned at width {width} from the analysis captured at widths {widths.base}, {widths.delta}, "
+                    f"{widths.target} (sizes and constants predicted)"]
+            except WidthPredictionError as exc:
+                fresh = analyse(self.factory, self.inputs, Widths(widths.base, widths.delta, width))
+                plan, flow = fresh.plan(parametrization, options, "target"), fresh.flow
+                notes = [f"captured at width {width}: not predictable from the analysis ({exc})"]
+        return _finished(plan, self.factory, flow, families, notes)
+
+
+def analyse_widths(factory, *, base: int, target: int, delta: int | None = None, example_inputs=None,
+                   progress: bool = False) -> Analysis:
+    """The analysis `mupify` runs (capture at `base`, `delta` and `target`, roles, attention, init),
+    once, for plans at every width: `analysis.plan_for(w, ...)` is `mupify(..., target=w, ...).plan`.
+    Capture at the largest width you will plan for: a width above it is an extrapolation."""
+    widths = _check_widths(base, delta, target)
+    with _Steps(progress) as step, torch.random.fork_rng(devices=[]):
+        return analyse(factory, example_inputs, widths, step)
+
+
+def _finished(plan: Plan, factory, flow: Dataflow, families: list, notes=()) -> Plan:
+    """The plan as `mupify` returns it: where the model came from, and the optimizer families shown."""
+    plan.notes = model_notes(factory, flow) + list(notes)
+    plan.optimizers = families
+    return plan
+
+
+def _families(optimizers) -> list:
+    return list(dict.fromkeys(family(name).name for name in ([optimizers] if isinstance(optimizers, str)
+                                                             else optimizers)))
+
+
+def _check_parametrization(parametrization: str) -> None:
+    if parametrization not in PARAMETRIZATIONS:
+        raise MuRewriteError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
 
 
 def guess_inputs(factory, width: int):
@@ -157,7 +202,7 @@ def analyse(factory, example_inputs, widths: Widths, step=lambda description: No
     step("classifying roles and attention")
     uses, sites = classify_uses(flow), find_attention(flow)
     step("measuring the model's own init")
-    return Analysis(inputs, flow, uses, sites, scan_init(factory, widths))
+    return Analysis(inputs, flow, uses, sites, scan_init(factory, widths), factory)
 
 
 def apply_plan(model: nn.Module, plan: Plan | str | Path, *, reinit: bool = False, inplace: bool = False,

@@ -7,6 +7,8 @@ trained for a few steps on one fixed batch, twice:
 * **mup** — the graph edited by `rewrite` with the plan `mupify` makes for that width, the
   plan's init (the weights `mupify(...).model` would have) and the plan's optimizer groups.
   With `parametrization="sp"` (or another table) this side is that parametrization instead.
+  The model is analysed once (captured at base, delta and the largest width) and every width's
+  plan made from that analysis (`Analysis.plan_for`), the same plan `mupify` would make.
 
 At every step t = 0..steps (t = 0 is the initial model; record t is a forward pass after t
 updates) an `fx.Interpreter` records mean |x| of every floating-point tensor a `call_function`
@@ -77,7 +79,7 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
                weight_decay: float = 0.0, threshold: float = DEFAULT_THRESHOLD, parametrization: str = "mup",
                options: dict | None = None, compare_sp: bool = True, seed: int = 0, seeds: int = DEFAULT_SEEDS,
                device=None, loss_fn=None, plan_transform=None, progress: bool = False,
-               name: str = "") -> CoordCheckResult:
+               name: str = "", reuse_analysis: bool = True) -> CoordCheckResult:
     """Run the coordinate check of `factory(width) -> nn.Module`.
 
     widths: explicit widths, else `base * m` for m in `multipliers`. Each width's muP side is
@@ -87,9 +89,10 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
     same seed. mean |x| is averaged over `seeds` initialisations (seed, seed + 1, ...) before
     the fit. `loss_fn(outputs, inputs) -> scalar` replaces `default_loss`;
     `plan_transform(plan) -> plan` edits each width's plan before it is applied (to see what a
-    wrong rule does).
+    wrong rule does). `reuse_analysis=False` runs `mupify` (its capture included) for every
+    width instead of planning each from one analysis: the same plans, slower.
     """
-    from .api import apply_plan, guess_inputs, mupify  # api imports the passes; keep this module importable on its own
+    from .api import apply_plan, guess_inputs  # api imports the passes; keep this module importable on its own
 
     widths = _check_widths(base, widths, multipliers)
     if optimizer not in OPTIMIZERS:
@@ -114,6 +117,9 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
     rng_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
     with bar, torch.random.fork_rng(devices=rng_devices):
         task = bar.add_task("", total=len(widths) * len(sides) * seeds)
+        if "mup" in sides:
+            bar.update(task, description="analysing the model")
+            planner = _planner(factory, base, delta, widths, example_inputs, parametrization, options, reuse_analysis)
         for i, width in enumerate(widths):
             bar.update(task, description=f"width {width}: capturing")
             torch.manual_seed(seed)
@@ -122,9 +128,7 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
             plan = None
             if "mup" in sides:
                 bar.update(task, description=f"width {width}: planning")
-                plan = mupify(factory, base=base, delta=delta, target=width, example_inputs=example_inputs,
-                              parametrization=parametrization, options=options, verify_width=False,
-                              materialize=False).plan
+                plan = planner(width)
                 plan = plan_transform(plan) if plan_transform is not None else plan
             for side in sides:
                 runs = []
@@ -165,6 +169,19 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
     return CoordCheckResult(widths=widths, base_width=base, steps=steps, optimizer=optimizer, lr=lr,
                             threshold=threshold, parametrization=parametrization, loss=loss_name or "",
                             device=str(device), traces=traces, losses=losses, model=name, seeds=seed_list)
+
+
+def _planner(factory, base, delta, widths, example_inputs, parametrization, options, reuse_analysis: bool):
+    """width -> the plan `mupify(factory, base=base, delta=delta, target=width, ...)` makes: from one
+    analysis captured at base, delta and the largest width, or (`reuse_analysis=False`) by mupify."""
+    from .api import analyse_widths, mupify
+
+    if not reuse_analysis:
+        return lambda width: mupify(factory, base=base, delta=delta, target=width, example_inputs=example_inputs,
+                                    parametrization=parametrization, options=options, verify_width=False,
+                                    materialize=False).plan
+    analysis = analyse_widths(factory, base=base, delta=delta, target=max(widths), example_inputs=example_inputs)
+    return lambda width: analysis.plan_for(width, parametrization, options)
 
 
 def _average(values):

@@ -15,3 +15,7 @@ class WidthError(MuRewriteError):
 
 class VerificationError(MuRewriteError):
     """The realized model disagrees with the edited graph: the rewrite is not trustworthy."""
+
+
+class WidthPredictionError(MuRewriteError):
+    """A size or constant at a width that was not captured cannot be predicted from the captures."""

@@ -10,7 +10,8 @@ Writes: a list of `AttentionSite`, one per attention in graph order:
         d_head is the contracted size of q. Whether it grows with width decides, in the plan,
         whether the logit scale must change from ~1/sqrt(d) to ~1/d. Each site also records
         which rows of which weight (and bias) produce q — the query slice of a fused qkv — for
-        the zero-init-query option.
+        the zero-init-query option. d_head, the scale and the query rows are known at the
+        captured widths and, by `muprewrite.widths`' prediction, at any other (`*_at(at)`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import networkx as nx
 from torch import fx
 
-from ..widths import WIDTH_NAMES
+from ..widths import WIDTH_NAMES, Widths, WidthShape, record_at, scalar_at
 from . import ops
 from .dims import Dataflow
 
@@ -41,10 +42,51 @@ class AttentionSite:
     q_operand: object = None  # slot of q at a q·k contraction (see ops)
     query_slices: dict | None = None  # width -> {parameter: {"dim", "start", "stop"}} of the q projection
     softmax: str | None = None  # the softmax the logits reach (q·k contractions)
+    query: WidthShape | None = None  # q's shape; d_head is the product of its dims `query_dims`
+    query_dims: tuple = ()
+    # the factors making up old_scale, in order: (op, {width name: value}); op "scale" is the
+    # contraction's own (SDPA's scale=, None when implicit), "mul" and "div" the constants on the path
+    scale_terms: tuple = ()
+    widths: Widths | None = None
 
     @property
     def head_dim_grows(self) -> bool:
         return self.d_head["base"] != self.d_head["delta"]
+
+    def d_head_at(self, at: str | int) -> int:
+        if isinstance(at, str):
+            return self.d_head[at]
+        sizes = self.query.at(at)
+        return math.prod(sizes[d] for d in self.query_dims)
+
+    def old_scale_at(self, at: str | int) -> float:
+        """The model's own logit scale at width `at` (each constant predicted from its captures)."""
+        if isinstance(at, str):
+            return self.old_scale[at]
+        return _combined_scale([(op, self._term_at(op, values, at)) for op, values in self.scale_terms],
+                               self.d_head_at(at))
+
+    def query_slices_at(self, at: str | int) -> dict | None:
+        if self.query_slices is None:
+            return None
+        return record_at(self.query_slices, self.widths, at, f"the query rows of attention {self.node}")
+
+    def _term_at(self, op: str, values: dict, at: int):
+        if op == "scale" and all(v is None for v in values.values()):
+            return None
+        return scalar_at(values, self.d_head, self.widths, at,
+                         f"the {'scale' if op == 'scale' else f'{op} constant'} of attention {self.node}")
+
+
+def _combined_scale(terms: list, d_head: int) -> float:
+    """The logit scale from its factors at one width (an SDPA scale that is not given is 1/sqrt(d_head);
+    a path constant that is not a number at this width is no factor)."""
+    (_, own), *path = terms
+    scale = 1.0 / math.sqrt(d_head) if own is None else float(own)
+    for op, value in path:
+        if value is not None:
+            scale *= value if op == "mul" else 1.0 / value
+    return scale
 
 
 def find_attention(flow: Dataflow) -> list:
@@ -151,16 +193,24 @@ def _graph_order(flow: Dataflow):
 
 def _sdpa_site(flow: Dataflow, name: str) -> AttentionSite:
     d_head = {w: ops.node_slots(flow.fx(name, w))["query"].meta["val"].shape[-1] for w in WIDTH_NAMES}
-    old = {}
-    for w in WIDTH_NAMES:
-        explicit = ops.node_slots(flow.fx(name, w)).get("scale")
-        old[w] = float(explicit) if explicit is not None else 1.0 / math.sqrt(d_head[w])
-    return AttentionSite(name, "sdpa", flow.module(name), d_head, old, None, _query_slices(flow, name, "query"))
+    terms = (("scale", {w: ops.node_slots(flow.fx(name, w)).get("scale") for w in WIDTH_NAMES}),)
+    old = {w: _combined_scale([(op, values[w]) for op, values in terms], d_head[w]) for w in WIDTH_NAMES}
+    query = ops.node_slots(flow.fx(name))["query"]
+    return AttentionSite(name, "sdpa", flow.module(name), d_head, old, None, _query_slices(flow, name, "query"),
+                         query=flow.shape(query.name), query_dims=(len(query.meta["val"].shape) - 1,),
+                         scale_terms=terms, widths=flow.widths)
 
 
 def _has_parameter_operand(flow: Dataflow, contraction: fx.Node) -> bool:
     """A contraction with a weight is a projection, not q·k (e.g. a classifier before softmax)."""
     return any(_param_behind(flow, arg) for arg in contraction.all_input_nodes)
+
+
+def _query_dims(flow: Dataflow, name: str) -> tuple:
+    """The dims of q the contraction `name` contracts."""
+    node = flow.fx(name)
+    slot = ops.spec(node).query
+    return tuple(ops.contracted_dims(node, slot, len(ops.node_slots(node)[slot].meta["val"].shape)) or ())
 
 
 def _d_head(flow: Dataflow, name: str) -> dict:
@@ -176,26 +226,31 @@ def _d_head(flow: Dataflow, name: str) -> dict:
 
 def _matmul_site(flow: Dataflow, name: str, path: list) -> AttentionSite:
     slot = ops.spec(flow.fx(name)).query
-    old = {w: _path_scale(flow, path, w) for w in WIDTH_NAMES}
-    return AttentionSite(name, "matmul", flow.module(name), _d_head(flow, name), old, slot,
-                         _query_slices(flow, name, slot), softmax=path[-1])
+    terms, d_head = _path_terms(flow, path), _d_head(flow, name)
+    old = {w: _combined_scale([(op, values[w]) for op, values in terms], d_head[w]) for w in WIDTH_NAMES}
+    query = ops.node_slots(flow.fx(name))[slot]
+    return AttentionSite(name, "matmul", flow.module(name), d_head, old, slot,
+                         _query_slices(flow, name, slot), softmax=path[-1], query=flow.shape(query.name),
+                         query_dims=_query_dims(flow, name), scale_terms=terms, widths=flow.widths)
 
 
-def _path_scale(flow: Dataflow, path: list, width: str) -> float:
-    """The contraction's own scale times the constant factors on the path, up to the first
-    op that is not affine in the logits."""
-    contraction = flow.fx(path[0], width)
+def _path_terms(flow: Dataflow, path: list) -> tuple:
+    """The contraction's own scale and the constant factors on the path, up to the first op that
+    is not affine in the logits: (op, {width name: value}) each."""
+    contraction = flow.fx(path[0])
     scale_slot = ops.spec(contraction).scale
-    scale = float(ops.node_slots(contraction).get(scale_slot, 1.0) or 1.0) if scale_slot else 1.0
+    own = {w: float(ops.node_slots(flow.fx(path[0], w)).get(scale_slot, 1.0) or 1.0) if scale_slot else 1.0
+           for w in WIDTH_NAMES}
+    terms = [("scale", own)]
     for name in path[1:-1]:
-        node = flow.fx(name, width)
+        node = flow.fx(name)
         op = ops.op_name(node)
         if ops.kind(node) != ops.VIEW and op not in _AFFINE:
             break
-        other = ops.node_slots(node).get("other")
-        if op in ops.SCALAR_ARITH and isinstance(other, (int, float)):
-            scale *= other if op == "mul" else 1.0 / other
-    return scale
+        other = {w: ops.node_slots(flow.fx(name, w)).get("other") for w in WIDTH_NAMES}
+        if op in ops.SCALAR_ARITH and any(isinstance(v, (int, float)) for v in other.values()):
+            terms.append((op, {w: v if isinstance(v, (int, float)) else None for w, v in other.items()}))
+    return tuple(terms)
 
 
 def _query_slices(flow: Dataflow, name: str, slot: str):

@@ -1,7 +1,9 @@
 """decide (DESIGN step 5, "plan"): turn the analysis into the plan, the record of every decision.
 
 Reads:  `Dataflow`, the uses from `roles`, the sites from `attention`, the `InitStats` from
-        `init_scan`, the parametrization and options, and the width `at` to plan for.
+        `init_scan`, the parametrization and options, and the width `at` to plan for: a captured
+        width's name, or any width (an int), at which every size and constant the plan reads is
+        predicted from the captures (`muprewrite.widths`; `WidthPredictionError` where one cannot be).
 Writes: a `Plan` without warnings (the `lint` pass adds them) — per parameter its shapes,
         role, init std before -> after, LR, weight-decay and eps multipliers, trainability and
         zero-init slices; per use site that changes, an `Edit` (readout multiplier, weight
@@ -21,6 +23,7 @@ from .. import optimizers
 from ..errors import MuRewriteError
 from ..plan import Edit, ParamPlan, Plan
 from ..rules import KEEP, attention_factor, rule_for, weight_decay_mult
+from ..widths import WIDTH_NAMES, check_at, scalar_at
 from . import ops
 from .attention import hidden_logit_paths
 from .dims import Dataflow
@@ -58,7 +61,8 @@ _HOOKABLE_LINEARS = {"torch.nn.modules.linear.Linear", "torch.nn.modules.linear.
 
 
 def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization: str = "mup",
-           options: dict | None = None, at: str = "target") -> Plan:
+           options: dict | None = None, at: str | int = "target") -> Plan:
+    at = check_at(at, flow.widths)
     options = checked_options(options)
     if options["unknown_ops"] == "error":
         _refuse_unknown_uses(flow, uses)
@@ -259,13 +263,18 @@ def _readout_edits(flow, name, param_uses, parametrization, options, at, placed:
     return edits
 
 
-def _width_constants_around(flow, name, use, operand: str, at: str) -> dict | None:
+def _width_constants_around(flow, name, use, operand: str, at) -> dict | None:
     """The width-dependent constant factors the model puts on a readout's activation input and on
     its output (reached through view-like ops), with the factor that restores their base value.
     A one-element tensor there (a buffer, a constant made in forward) has no value on the meta
-    device: muprewrite cannot tell whether it changes with width, so it refuses."""
-    node = flow.fx(use.node, at)
-    found = _constants_before(flow, ops.node_slots(node).get(operand), at) + _constants_after(flow, node, at)
+    device: muprewrite cannot tell whether it changes with width, so it refuses. The graph is
+    walked at `at`, or at the target for a width that was not captured (the same nodes); a
+    constant is then predicted as a power law of the readout's fan_in."""
+    node = flow.fx(use.node, at if isinstance(at, str) else "target")
+    fan_in = {w: use.fan_in(w) for w in WIDTH_NAMES}
+    constant_at = lambda measured, what: scalar_at(measured, fan_in, flow.widths, at, what)  # noqa: E731
+    found = _constants_before(flow, ops.node_slots(node).get(operand), constant_at) + \
+        _constants_after(flow, node, constant_at)
     unknown = [n for n, base, now in found if base is None]
     if unknown:
         raise MuRewriteError(
@@ -275,7 +284,7 @@ def _width_constants_around(flow, name, use, operand: str, at: str) -> dict | No
     changing = [(n, base, now) for n, base, now in found if base != now]
     if not changing:
         return None
-    if any(n in {c[0] for c in _constants_after(flow, node, at)} for n, _, _ in changing) and \
+    if any(n in {c[0] for c in _constants_after(flow, node, constant_at)} for n, _, _ in changing) and \
             ops.spec(use.op).bias and ops.node_slots(node).get(ops.spec(use.op).bias[0]) is not None:
         raise MuRewriteError(
             f"the readout '{name}' in {_where(flow, use.node, use.module)} has a bias and its output is scaled "
@@ -285,10 +294,10 @@ def _width_constants_around(flow, name, use, operand: str, at: str) -> dict | No
     return {"node": ", ".join(c[0] for c in changing), "base": base, "now": now, "correction": base / now}
 
 
-def _constants_before(flow, arg, at: str) -> list:
+def _constants_before(flow, arg, constant_at) -> list:
     found = []
     while isinstance(arg, fx.Node):
-        factor = _scalar_factor(flow, arg, at)
+        factor = _scalar_factor(flow, arg, constant_at)
         if factor is not None:
             found.append(factor[0])
             arg = factor[1]
@@ -299,11 +308,11 @@ def _constants_before(flow, arg, at: str) -> list:
     return found
 
 
-def _constants_after(flow, node: fx.Node, at: str) -> list:
+def _constants_after(flow, node: fx.Node, constant_at) -> list:
     found = []
     while len(node.users) == 1:
         (node,) = node.users
-        factor = _scalar_factor(flow, node, at)
+        factor = _scalar_factor(flow, node, constant_at)
         if factor is not None:
             found.append(factor[0])
         elif ops.kind(node) != ops.VIEW or ops.op_name(node) in ("cat", "stack", "getitem"):
@@ -311,10 +320,11 @@ def _constants_after(flow, node: fx.Node, at: str) -> list:
     return found
 
 
-def _scalar_factor(flow, node: fx.Node, at: str):
-    """((name, value at base, value at `at`), the tensor it scales) for a mul/div of a tensor by a
-    constant, the value as a factor on the tensor (None when the constant is a one-element tensor,
-    whose value the meta device does not hold); None when `node` is no such op."""
+def _scalar_factor(flow, node: fx.Node, constant_at):
+    """((name, value at base, value at the plan's width), the tensor it scales) for a mul/div of a
+    tensor by a constant, the value as a factor on the tensor (None when the constant is a
+    one-element tensor, whose value the meta device does not hold); None when `node` is no such
+    op. `constant_at(measured, what)`: the constant at the plan's width from its captured values."""
     name = ops.op_name(node)
     if name not in ops.SCALAR_ARITH:
         return None
@@ -324,7 +334,10 @@ def _scalar_factor(flow, node: fx.Node, at: str):
         if not isinstance(tensor, fx.Node) or _is_one_element(flow, tensor):
             continue
         if isinstance(constant, (int, float)) and not isinstance(constant, bool):
-            base = ops.node_slots(flow.fx(node.name, "base")).get(constant_slot)
+            measured = {w: ops.node_slots(flow.fx(node.name, w)).get(constant_slot) for w in WIDTH_NAMES}
+            base = measured["base"]
+            constant = constant_at(measured, f"the constant of {name} {node.name} "
+                                             f"({flow.module(node.name) or 'the root module'}) on a readout")
             values = (1.0 / base, 1.0 / constant) if name == "div" else (float(base), float(constant))
             return (node.name, *values), tensor
         if isinstance(constant, fx.Node) and _is_one_element(flow, constant) and flow.is_constant(constant.name):
@@ -363,10 +376,10 @@ def _attention_edits(flow, sites, parametrization, options, at) -> list:
     for site in sites:
         if not site.head_dim_grows:
             continue
-        factor = attention_factor(parametrization, site.d_head["base"], site.d_head[at], options["alpha_attn"])
+        factor = attention_factor(parametrization, site.d_head["base"], site.d_head_at(at), options["alpha_attn"])
         if factor == 1.0:
             continue
-        old = site.old_scale[at]
+        old = site.old_scale_at(at)
         edits.append(Edit(
             kind="attention_scale", module=site.module, node=site.node, old=old, new=old * factor,
             realized_by="call_interception", family=site.kind,
@@ -394,7 +407,7 @@ def _zero_init_slices(uses, sites, options, at) -> dict:
                 "that computes it, so it cannot be zeroed; project q with a linear/matmul (a fused qkv split "
                 "on its last dim is fine) or drop the option")
         for site in sites:
-            for name, piece in (site.query_slices or {}).get(at, {}).items():
+            for name, piece in (site.query_slices_at(at) or {}).items():
                 zeroed.setdefault(name, []).append(piece)
     return zeroed
 

@@ -34,6 +34,7 @@ class Dataflow:
     modules: dict  # width name -> the captured GraphModule with no_grad/autocast bodies inlined
 
     def fx(self, name: str, at: str = "target") -> fx.Node:
+        """Node `name` of the graph captured at width `at` (a captured width's name)."""
         return self.graph.nodes[name]["fx"][at]
 
     def shape(self, name: str) -> WidthShape | None:
@@ -77,7 +78,7 @@ def analyse_dims(captures: Captures) -> Dataflow:
     for nodes in zip(*(graphs[name].nodes for name in WIDTH_NAMES)):
         by_width = dict(zip(WIDTH_NAMES, nodes))
         target = by_width["target"]
-        shape = _width_shape(by_width, params.get(target.name, target.name))
+        shape = _width_shape(by_width, params.get(target.name, target.name), captures.widths)
         graph.add_node(
             target.name,
             fx=by_width,
@@ -116,23 +117,23 @@ def _describe(node) -> str:
     return "(end of graph)" if node is None else f"'{node.name}' ({node.target})"
 
 
-def _width_shape(by_width: dict, label: str):
+def _width_shape(by_width: dict, label: str, widths: Widths):
     vals = {name: node.meta.get("val") for name, node in by_width.items()}
     if all(isinstance(v, torch.Tensor) for v in vals.values()):
-        return _checked_shape(label, {k: tuple(v.shape) for k, v in vals.items()})
+        return _checked_shape(label, {k: tuple(v.shape) for k, v in vals.items()}, widths)
     if all(isinstance(v, (list, tuple)) for v in vals.values()):
         parts = zip(*vals.values())
-        return [_part_shape(label, i, dict(zip(vals, p))) for i, p in enumerate(parts)]
+        return [_part_shape(label, i, dict(zip(vals, p)), widths) for i, p in enumerate(parts)]
     return None
 
 
-def _part_shape(name: str, index: int, vals: dict):
+def _part_shape(name: str, index: int, vals: dict, widths: Widths):
     if not all(isinstance(v, torch.Tensor) for v in vals.values()):
         return None
-    return _checked_shape(f"{name}[{index}]", {k: tuple(v.shape) for k, v in vals.items()})
+    return _checked_shape(f"{name}[{index}]", {k: tuple(v.shape) for k, v in vals.items()}, widths)
 
 
-def _checked_shape(name: str, sizes: dict) -> WidthShape:
+def _checked_shape(name: str, sizes: dict, widths: Widths) -> WidthShape:
     ranks = {len(s) for s in sizes.values()}
     if len(ranks) > 1:
         raise WidthError(
@@ -146,7 +147,7 @@ def _checked_shape(name: str, sizes: dict) -> WidthShape:
                 "treated as finite although it grows; pick a delta width at which it differs "
                 "from base (or make it not depend on width)"
             )
-    return WidthShape(sizes=sizes)
+    return WidthShape(sizes=sizes, widths=widths, name=name)
 
 
 def _check_some_dim_infinite(graph: nx.DiGraph, widths: Widths) -> None:

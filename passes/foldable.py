@@ -1,6 +1,8 @@
 """foldable: decide where each edit of the plan goes when the muP model is folded back to SP.
 
-Reads:  `Dataflow`, the plan's edits and parameters (their use sites), the width `at`.
+Reads:  `Dataflow`, the plan's edits and parameters (their use sites), the width `at` (a captured
+        width's name; at a width that was not captured, the graph is walked at each captured width
+        and every row range predicted from theirs by `muprewrite.widths.record_at`).
 Writes: each edit's `fold` (read by `passes/fold.py`): {"into": [target, ...]}, the parameter
         slices whose multiplication by the edit's factor makes the plain model compute what the
         edit computes, or {"error": one line naming the edit and what to do}. A target is
@@ -30,6 +32,7 @@ from torch import fx
 from torch.utils._pytree import tree_map
 
 from ..plan import Edit
+from ..widths import WIDTH_NAMES, record_at
 from . import ops
 from .dims import Dataflow
 
@@ -57,8 +60,22 @@ class Refusal(Exception):
     """Why an edit cannot be folded exactly (one clause)."""
 
 
-def place_folds(flow: Dataflow, edits: list, parameters: dict, at: str) -> None:
+def place_folds(flow: Dataflow, edits: list, parameters: dict, at: str | int) -> None:
     """Set `fold` on every edit."""
+    if isinstance(at, str):
+        _place_at(flow, edits, parameters, at)
+        return
+    walked = {}
+    for name in WIDTH_NAMES:
+        _place_at(flow, edits, parameters, name)
+        walked[name] = [edit.fold for edit in edits]
+    for i, edit in enumerate(edits):
+        edit.fold = record_at({name: folds[i] for name, folds in walked.items()}, flow.widths, at,
+                              f"the fold of the {edit.kind} edit at {edit.node}")
+
+
+def _place_at(flow: Dataflow, edits: list, parameters: dict, at: str) -> None:
+    """Set `fold` on every edit, walking the graph captured at width `at`."""
     finder = FoldFinder(flow, parameters, at, edits)
     for edit in edits:
         try:
@@ -439,8 +456,10 @@ def _run_on_ids(node: fx.Node, value):
 
 
 def _features(value, features: int) -> set:
+    """The output features (last-dim indices of the projection) whose ids `value` holds."""
     tensors = value if isinstance(value, (list, tuple)) else [value]
-    return set().union(*(set((t.reshape(-1) % features).unique().tolist()) for t in tensors if t is not None))
+    counts = [torch.bincount(t.reshape(-1) % features, minlength=features) for t in tensors if t is not None]
+    return set().union(*(set(c.nonzero().flatten().tolist()) for c in counts))
 
 
 def _ranges(indices: set) -> list:

@@ -16,11 +16,11 @@ Writes: `{parameter FQN: [Use, ...]}`, one `Use` per use site in graph order. A 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import fx
 
-from ..widths import WIDTH_NAMES
+from ..widths import WidthShape
 from . import ops
 from .dims import Dataflow
 
@@ -31,15 +31,28 @@ class Use:
     op: str  # its aten name ("linear", "embedding", "add", ...)
     module: str  # innermost module that ran the op ("" = the root)
     role: str
-    fan_in: dict  # width name -> product of contracted sizes (1 when none)
-    fan_out: dict  # width name -> operand size / fan_in
+    # the operand's shape at a contraction, the parameter's at a coordinate-wise use, None for an
+    # op with no rule (fan_in = fan_out = 1)
+    shape: WidthShape | None
+    contracted: tuple | None  # the dims of `shape` the op contracts; None: no contraction (fan_in 1)
     position: str | None = None  # the op's argument slot the parameter enters at (see ops)
 
-    def fan_in_mult(self, at: str) -> float:
-        return self.fan_in[at] / self.fan_in["base"]
+    def fan_in(self, at: str | int) -> int:
+        """Product of the contracted sizes at width `at` (1 when none)."""
+        if self.shape is None or self.contracted is None:
+            return 1
+        sizes = self.shape.at(at)
+        return math.prod(sizes[d] for d in self.contracted)
 
-    def fan_out_mult(self, at: str) -> float:
-        return self.fan_out[at] / self.fan_out["base"]
+    def fan_out(self, at: str | int) -> int:
+        """The operand's size at width `at` over its fan_in."""
+        return 1 if self.shape is None else self.shape.numel(at) // self.fan_in(at)
+
+    def fan_in_mult(self, at: str | int) -> float:
+        return self.fan_in(at) / self.fan_in("base")
+
+    def fan_out_mult(self, at: str | int) -> float:
+        return self.fan_out(at) / self.fan_out("base")
 
 
 def classify_uses(flow: Dataflow) -> dict:
@@ -83,20 +96,16 @@ def _classify(flow: Dataflow, param_node: str, source: fx.Node, user: fx.Node, s
         if contracted is None and kind is None:
             contracted = ops.infer_contraction(user, slot, _shapes_around(flow, user, source))
     if contracted is not None:
-        fan_in = {w: math.prod(operand_shape.at(w)[d] for d in contracted) for w in WIDTH_NAMES}
-        fan_out = {w: operand_shape.numel(w) // fan_in[w] for w in WIDTH_NAMES}
-        role = _contraction_role(fan_in, fan_out)
-    elif kind is not None and kind != ops.SOFTMAX:
+        use = Use(user.name, name, flow.module(user.name), "", operand_shape, tuple(contracted), slot)
+        return replace(use, role=_contraction_role(use))
+    if kind is not None and kind != ops.SOFTMAX:
         # a norm's gain or input, a bias, a pointwise use, the activation side of a contraction:
         # the tensor acts coordinate-wise
         param_shape = flow.shape(param_node)
-        fan_in = dict.fromkeys(WIDTH_NAMES, 1)
-        fan_out = {w: param_shape.numel(w) for w in WIDTH_NAMES}
         role = "vector" if param_shape.num_infinite else "scalar"
-    else:
-        fan_in = fan_out = dict.fromkeys(WIDTH_NAMES, 1)
-        role = "unclassified" if flow.shape(param_node).num_infinite else "scalar"
-    return Use(user.name, name, flow.module(user.name), role, fan_in, fan_out, slot)
+        return Use(user.name, name, flow.module(user.name), role, param_shape, None, slot)
+    role = "unclassified" if flow.shape(param_node).num_infinite else "scalar"
+    return Use(user.name, name, flow.module(user.name), role, None, None, slot)
 
 
 def _shapes_around(flow: Dataflow, user: fx.Node, source: fx.Node) -> dict:
@@ -109,9 +118,9 @@ def _same_shape(a, b) -> bool:
     return a is not None and not isinstance(b, list) and b is not None and a.sizes == b.sizes
 
 
-def _contraction_role(fan_in: dict, fan_out: dict) -> str:
-    grows_in = fan_in["base"] != fan_in["delta"]
-    grows_out = fan_out["base"] != fan_out["delta"]
+def _contraction_role(use: Use) -> str:
+    grows_in = use.fan_in("base") != use.fan_in("delta")
+    grows_out = use.fan_out("base") != use.fan_out("delta")
     if grows_in and grows_out:
         return "hidden"
     if grows_out:

@@ -4,7 +4,8 @@ A small GPT (examples/nanogpt.py, byte-level vocabulary of 256, no dropout) is t
 bytes of the Python standard library's own .py files (every machine has them) with AdamW, at
 each width and each learning rate on a log2 grid, once as the original model (SP: `factory(w)`,
 `AdamW(model.parameters(), lr)`) and once rewritten by muprewrite (muP:
-`mupify(factory, base=BASE, target=w)`, `AdamW(result.param_groups(lr, wd))`). Same init seed and
+`mupify(factory, base=BASE, target=w)`, `AdamW(result.param_groups(lr, wd))`; its plan made from one
+analysis of the model shared by every side, width and LR, `Analysis.plan_for`). Same init seed and
 identical batches for every run. The final validation loss of every run is written to JSON; the
 report gives the optimal LR per width, its drift across widths in log2 units, and checks "wider is
 better" at the optimum (TP5 §8); the plot is TP5 Fig. 1 (loss vs log2 LR, one curve per width).
@@ -41,6 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import _common  # noqa: E402
 import muprewrite  # noqa: E402
+from muprewrite.passes.capture import build_model  # noqa: E402
 from nanogpt import GPT, GPTConfig  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "transfer"
@@ -207,6 +209,20 @@ def make_factory(cfg: Config):
     return make_model
 
 
+_ANALYSES = {}  # the model's settings -> its analysis (the same for every side: options act at planning)
+
+
+def analysis_for(cfg: Config):
+    """The analysis of the benchmark's model, captured once at base, 2 x base and the widest width
+    and shared by every side, width and LR (`mupify` per run captured it again every time)."""
+    key = (cfg.n_layer, cfg.n_head, cfg.block_size, cfg.base, max(cfg.widths))
+    if key not in _ANALYSES:
+        example = (torch.zeros(1, cfg.block_size, dtype=torch.long),)
+        _ANALYSES[key] = muprewrite.analyse_widths(make_factory(cfg), base=cfg.base, target=max(cfg.widths),
+                                                   example_inputs=example)
+    return _ANALYSES[key]
+
+
 def build(cfg: Config, side: str, width: int, lr: float, device):
     """The model and optimizer for one run; the init seed is the same for every run."""
     factory = make_factory(cfg)
@@ -217,16 +233,16 @@ def build(cfg: Config, side: str, width: int, lr: float, device):
         return model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         eps=cfg.eps)
     # muP: muprewrite's rewrite and its per-tensor LR / weight decay; SP with another family: the
-    # SP plan (every multiplier 1), which knows which tensors the family sends where (muon)
-    example = (torch.zeros(1, cfg.block_size, dtype=torch.long),)
-    result = muprewrite.mupify(factory, base=cfg.base, target=width, example_inputs=example, verify_width=False,
-                               parametrization="sp" if options is None else "mup", options=options or None)
-    model = result.model.to(device)
+    # SP plan (every multiplier 1), which knows which tensors the family sends where (muon). The
+    # plan is mupify's (`plan_for` draws no random numbers), the model built fresh as mupify's is.
+    plan = analysis_for(cfg).plan_for(width, "sp" if options is None else "mup", options or None)
+    model = muprewrite.apply_plan(build_model(factory, width), plan, reinit=True, inplace=True).to(device)
     if cfg.optimizer == "adamw":
-        groups = result.param_groups(lr=lr, weight_decay=cfg.weight_decay, optimizer="adamw")
+        groups = muprewrite.param_groups(model, plan, lr=lr, weight_decay=cfg.weight_decay, optimizer="adamw")
         return model, torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
     settings = {"adamw": {"betas": cfg.betas}} if cfg.optimizer == "muon" else {}
-    return model, result.optimizer(cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, eps=cfg.eps, **settings)
+    return model, muprewrite.build_optimizer(model, plan, cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay,
+                                             eps=cfg.eps, **settings)
 
 
 def lr_factor(cfg: Config):
