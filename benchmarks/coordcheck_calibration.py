@@ -1,8 +1,10 @@
 """How often is the coordinate check wrong? False FAILs on correct rewrites, misses on known mistakes.
 
 Each configuration (a model, and either muprewrite's plan or the plan with a known mistake) is
-checked once with many seeds (`--seeds`; the committed results: 40 for gpt_sdpa and gpt_manual,
-20 for the rest) at the default widths, steps and LR; the mean |x| of every node is kept per seed.
+checked once with many seeds (`--seeds`; the committed results: 60 for every correct rewrite and
+for the mildest mistake, the SP attention scale, so 20 disjoint runs of the default 3 seeds; 20
+for the other mistakes) at the default widths, steps and LR; the mean |x| of every node is kept
+per seed.
 Runs of the protocol are then replayed from disjoint groups of k seeds (k = 1, 2, 3), and for each
 candidate statistic and threshold the table counts the runs whose verdict is FAIL (and the FAIL
 rate over 200 resampled groups). The statistics:
@@ -15,13 +17,14 @@ rate over 200 resampled groups). The statistics:
 Correct: muprewrite's rewrite of every bundled example and of two Hugging Face models at the
 zoo's small configs (hf:llama, hf:gpt2); and the `mup` package's own muP of the two GPTs
 (tests/mup_twins.py: MuReadout, 1/d attention, hidden init by `mup.init`'s rule, MuAdam), run
-through the same protocol with every module's output recorded, as `mup.coord_check` does.
+through the same protocol with every module's output recorded, as `mup.coord_check` does (the
+two twins compute the same function: SDPA's dropout draws the mask nn.Dropout draws).
 Mistakes (on gpt_sdpa unless named):
 SP; the readout multiplier removed; the hidden Adam LR not divided by width; the SP attention
 scale with materialised logits (gpt_manual, attention edits removed); the hidden init not
 rescaled (the model's own std kept at every width).
 
-    python benchmarks/coordcheck_calibration.py run                 # ~1 h on 2 cores (40 seeds each)
+    python benchmarks/coordcheck_calibration.py run --seeds 60      # ~3 h on 2 cores
     python benchmarks/coordcheck_calibration.py run --only gpt_sdpa,sp --lr 3e-3
     python benchmarks/coordcheck_calibration.py run --only cnn --seeds 40 --more    # 40 more seeds
     python benchmarks/coordcheck_calibration.py report              # the tables from the raw runs

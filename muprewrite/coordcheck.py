@@ -63,11 +63,11 @@ DEFAULT_LR = {name: family.coordcheck_lr for name, family in NAMES.items()}
 # The verdict: a node grows when its slope of log mean|x| vs log width, pooled over steps 1..T and the
 # seeds, exceeds DEFAULT_THRESHOLD (growth by 16**0.125 = 1.4x over the default 16x range of widths).
 # Calibrated by benchmarks/coordcheck_calibration.py (results/coordcheck_calibration.md): with these
-# defaults (3 seeds, 4 Adam steps at 1e-2, base x 1..16) correct rewrites of every bundled example reach
-# at most +0.093 (a CNN with a 10-class readout on a batch of 4; the GPTs stay under +0.02), the mildest
-# mistake (SP attention scale with materialised logits) at least +0.173, the others +0.63 or more:
-# 0 false FAILs and every mistake caught, in the disjoint and in 200 resampled runs of each. The old
-# verdict (the worst per-step slope) sat in the noise: correct GPTs reached +0.15 with one seed.
+# defaults (3 seeds, 4 Adam steps at 1e-2, base x 1..16), 20 disjoint runs each of the rewrites of every
+# bundled example, of hf llama and gpt2, and of the `mup` package's own twins of the GPTs reach at most
+# +0.093 (a CNN with a 10-class readout on a batch of 4; the twins +0.087): 0 false FAILs in 260; the
+# mildest mistake (SP attention scale with materialised logits) at least +0.138 (20 of 20 caught), the
+# others +0.63 or more. The old verdict (the worst per-step slope) false-FAILed the mup twins in 20 of 20.
 DEFAULT_THRESHOLD = 0.125
 DEFAULT_SEEDS = 3
 ADAM_EPS = 1e-8  # torch's default
