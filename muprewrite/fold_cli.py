@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from .api import apply_plan, fold, fold_report
 from .cli import _example_inputs, guarded
@@ -80,7 +79,7 @@ def run(args) -> int:
     folded = fold(mup_model, plan, example_inputs=inputs, inplace=True)
     paths = _save_hf(folded, out) if is_hf else [write_atomically(out / STATE_DICT, lambda f: torch.save(folded.state_dict(), f))]
     paths.append(write_atomically(out / REPORT, lambda f: f.write(fold_report(plan).encode() + b"\n")))
-    Console().print(_table(plan))
+    Console().print(_summary(plan))
     Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -137,10 +136,10 @@ def _save_hf(model, out: Path) -> list:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _table(plan: Plan) -> Table:
-    table = Table(title=f"fold: {len(plan.edits)} edits into the weights", title_justify="left")
-    for column in ("edit", "where", "factor", "folded into"):
-        table.add_column(column, overflow="fold")
+def _summary(plan: Plan) -> Text:
+    """What went where, a short block per edit that wraps between words (never inside a name)."""
+    text = Text(f"fold: {len(plan.edits)} edits into the weights\n", style="bold")
     for row in describe(plan):
-        table.add_row(row["edit"], escape(row["where"]), f"{row['factor']:.6g}", escape(row["into"]))
-    return table
+        text.append(f"{row['edit']} at {row['where']}, factor {row['factor']:.6g}\n")
+        text.append(f"  into {row['into']}\n", style="dim")
+    return text
