@@ -15,20 +15,19 @@ Writes: a `Plan` without warnings (the `lint` pass adds them) — per parameter 
 
 from __future__ import annotations
 
-import math
-
 from torch import fx
 
 from .. import optimizers
 from ..errors import MuRewriteError
 from ..plan import Edit, ParamPlan, Plan
 from ..rules import KEEP, attention_factor, rule_for, weight_decay_mult
-from ..widths import WIDTH_NAMES, check_at, scalar_at
+from ..widths import check_at
 from . import ops
 from .attention import hidden_logit_paths
 from .dims import Dataflow
 from .foldable import place_folds
-from .source import source_line
+from .source import where
+from .width_constants import width_constants_around
 
 DEFAULT_OPTIONS = {
     "alpha_out": 1.0,  # readout multiplier (TP5 alpha_output)
@@ -57,7 +56,6 @@ CHOICES = {
     "width_constants": ("freeze", "keep"),
     "unknown_ops": ("error", "sp"),
 }
-_HOOKABLE_LINEARS = {"torch.nn.modules.linear.Linear", "torch.nn.modules.linear.NonDynamicallyQuantizableLinear"}
 
 
 def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization: str = "mup",
@@ -163,7 +161,7 @@ def _refuse_unknown_uses(flow: Dataflow, uses: dict) -> None:
         for use in param_uses:
             if use.role == "unclassified":
                 raise MuRewriteError(
-                    f"parameter '{name}' is used by {use.op} in {_where(flow, use.node, use.module)}, an op "
+                    f"parameter '{name}' is used by {use.op} in {where(flow, use.node, use.module)}, an op "
                     "muprewrite has no rule for, so its muP scaling is unknown; rewrite that use with a "
                     "standard op, or pass --option unknown_ops=sp to keep such tensors in SP (the report marks them)")
 
@@ -171,15 +169,10 @@ def _refuse_unknown_uses(flow: Dataflow, uses: dict) -> None:
 def _refuse_hidden_logits(flow: Dataflow) -> None:
     for softmax, blocker, contraction in hidden_logit_paths(flow):
         raise MuRewriteError(
-            f"the softmax {softmax} in {_where(flow, softmax, flow.module(softmax))} is fed by the q·k "
+            f"the softmax {softmax} in {where(flow, softmax, flow.module(softmax))} is fed by the q·k "
             f"contraction {contraction} (its d_head grows with width) through {ops.op_name(flow.fx(blocker))}, "
             "an op muprewrite cannot see through, so the attention scale cannot be set; compute the logits "
             "with pointwise ops, or pass --option unknown_ops=sp to leave this attention in SP")
-
-
-def _where(flow: Dataflow, node: str, module: str) -> str:
-    owner = f"module '{module}' ({flow.module_type(node).rpartition('.')[2]})" if module else "the root module"
-    return owner + source_line(flow, node)
 
 
 def _param_plan(flow, node, name, param_uses, stats, parametrization, options, at) -> ParamPlan:
@@ -240,12 +233,12 @@ def _readout_edits(flow, name, param_uses, parametrization, options, at, placed:
         operand = ops.activation_slot(flow.fx(use.node), use.position)
         if operand is None:
             raise MuRewriteError(
-                f"'{name}' is a readout at {use.op} in {_where(flow, use.node, use.module)}, but muprewrite cannot "
+                f"'{name}' is a readout at {use.op} in {where(flow, use.node, use.module)}, but muprewrite cannot "
                 "tell which operand is its activation, so it cannot place the 1/m multiplier; use a linear or "
                 "a two-operand matmul/einsum for it")
         frozen = None
         if parametrization != "sp" and options["width_constants"] == "freeze":
-            frozen = _width_constants_around(flow, name, use, operand, at)
+            frozen = width_constants_around(flow, name, use, operand, at)
         if frozen:
             factor *= frozen.pop("correction")
         if factor == 1.0 or (use.node, operand) in placed:
@@ -253,7 +246,7 @@ def _readout_edits(flow, name, param_uses, parametrization, options, at, placed:
         placed.add((use.node, operand))
         owners = {n.rpartition(".")[0] for n in [name, *flow.captures.aliases.get(name, [])]}
         calls = _occurrence(flow, use.node, use.module, ops.family(use.op))
-        hookable = (use.op == "linear" and operand == "input" and flow.module_type(use.node) in _HOOKABLE_LINEARS
+        hookable = (use.op == "linear" and operand == "input" and flow.module_type(use.node) in ops.LINEAR_MODULES
                     and use.module in owners and calls["calls"] == 1)  # a hook fires at every call
         edits.append(Edit(
             kind="readout_multiplier", module=use.module, node=use.node, old=1.0, new=factor,
@@ -261,93 +254,6 @@ def _readout_edits(flow, name, param_uses, parametrization, options, at, placed:
             **calls, apply_to="input", operand=operand, param=name, frozen_constant=frozen,
         ))
     return edits
-
-
-def _width_constants_around(flow, name, use, operand: str, at) -> dict | None:
-    """The width-dependent constant factors the model puts on a readout's activation input and on
-    its output (reached through view-like ops), with the factor that restores their base value.
-    A one-element tensor there (a buffer, a constant made in forward) has no value on the meta
-    device: muprewrite cannot tell whether it changes with width, so it refuses. The graph is
-    walked at `at`, or at the target for a width that was not captured (the same nodes); a
-    constant is then predicted as a power law of the readout's fan_in."""
-    node = flow.fx(use.node, at if isinstance(at, str) else "target")
-    fan_in = {w: use.fan_in(w) for w in WIDTH_NAMES}
-    constant_at = lambda measured, what: scalar_at(measured, fan_in, flow.widths, at, what)  # noqa: E731
-    found = _constants_before(flow, ops.node_slots(node).get(operand), constant_at) + \
-        _constants_after(flow, node, constant_at)
-    unknown = [n for n, base, now in found if base is None]
-    if unknown:
-        raise MuRewriteError(
-            f"the readout '{name}' in {_where(flow, unknown[0], flow.module(unknown[0]))} is multiplied by the tensor "
-            f"{unknown[0]}, whose value muprewrite cannot read: if it changes with width, muP's 1/m would "
-            "come on top of it; make it a Python float, or pass --option width_constants=keep")
-    changing = [(n, base, now) for n, base, now in found if base != now]
-    if not changing:
-        return None
-    if any(n in {c[0] for c in _constants_after(flow, node, constant_at)} for n, _, _ in changing) and \
-            ops.spec(use.op).bias and ops.node_slots(node).get(ops.spec(use.op).bias[0]) is not None:
-        raise MuRewriteError(
-            f"the readout '{name}' in {_where(flow, use.node, use.module)} has a bias and its output is scaled "
-            "by a width-dependent constant, which a multiplier on its input cannot hold at its base value; "
-            "pass --option width_constants=keep to keep the constant")
-    base, now = math.prod(c[1] for c in changing), math.prod(c[2] for c in changing)
-    return {"node": ", ".join(c[0] for c in changing), "base": base, "now": now, "correction": base / now}
-
-
-def _constants_before(flow, arg, constant_at) -> list:
-    found = []
-    while isinstance(arg, fx.Node):
-        factor = _scalar_factor(flow, arg, constant_at)
-        if factor is not None:
-            found.append(factor[0])
-            arg = factor[1]
-        elif ops.kind(arg) != ops.VIEW or ops.op_name(arg) in ("cat", "stack") or not arg.args:
-            break
-        else:
-            arg = ops.node_slots(arg).get("input", arg.args[0])
-    return found
-
-
-def _constants_after(flow, node: fx.Node, constant_at) -> list:
-    found = []
-    while len(node.users) == 1:
-        (node,) = node.users
-        factor = _scalar_factor(flow, node, constant_at)
-        if factor is not None:
-            found.append(factor[0])
-        elif ops.kind(node) != ops.VIEW or ops.op_name(node) in ("cat", "stack", "getitem"):
-            break
-    return found
-
-
-def _scalar_factor(flow, node: fx.Node, constant_at):
-    """((name, value at base, value at the plan's width), the tensor it scales) for a mul/div of a
-    tensor by a constant, the value as a factor on the tensor (None when the constant is a
-    one-element tensor, whose value the meta device does not hold); None when `node` is no such
-    op. `constant_at(measured, what)`: the constant at the plan's width from its captured values."""
-    name = ops.op_name(node)
-    if name not in ops.SCALAR_ARITH:
-        return None
-    slots = ops.node_slots(node)
-    for constant_slot, tensor_slot in (("other", "input"), ("input", "other")):
-        constant, tensor = slots.get(constant_slot), slots.get(tensor_slot)
-        if not isinstance(tensor, fx.Node) or _is_one_element(flow, tensor):
-            continue
-        if isinstance(constant, (int, float)) and not isinstance(constant, bool):
-            measured = {w: ops.node_slots(flow.fx(node.name, w)).get(constant_slot) for w in WIDTH_NAMES}
-            base = measured["base"]
-            constant = constant_at(measured, f"the constant of {name} {node.name} "
-                                             f"({flow.module(node.name) or 'the root module'}) on a readout")
-            values = (1.0 / base, 1.0 / constant) if name == "div" else (float(base), float(constant))
-            return (node.name, *values), tensor
-        if isinstance(constant, fx.Node) and _is_one_element(flow, constant) and flow.is_constant(constant.name):
-            return (node.name, None, None), tensor
-    return None
-
-
-def _is_one_element(flow, node: fx.Node) -> bool:
-    shape = flow.shape(node.name)
-    return shape is not None and not isinstance(shape, list) and shape.numel("target") == 1
 
 
 def _weight_multiplier_edits(flow, name, param_uses, multiplier, parametrization) -> list:

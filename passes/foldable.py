@@ -27,23 +27,18 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-import torch
 from torch import fx
-from torch.utils._pytree import tree_map
 
 from ..plan import Edit
 from ..widths import WIDTH_NAMES, record_at
 from . import ops
 from .dims import Dataflow
+from .element_ids import as_ranges, features_held, ids_of_views
 
-_LINEARS = {"torch.nn.modules.linear.Linear", "torch.nn.modules.linear.NonDynamicallyQuantizableLinear"}
 # a projection whose output's last dim is a dim of its 2-D weight: op -> (weight slot, that dim)
 _ROWS = {"linear": ("weight", 0), "matmul": ("other", 1), "mm": ("mat2", 1), "addmm": ("mat2", 1)}
 _JOINS = {"cat", "concat", "concatenate", "stack", "hstack", "vstack"}
 _SHAPED_LIKE = {"expand_as", "view_as", "reshape_as", "type_as"}  # the second operand lends only a shape or dtype
-_PLACING = {"index_put", "slice_scatter", "select_scatter", "constant_pad_nd", "pad"}  # q into another tensor
-_SAME_IDS = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "neg"}  # ids go through unchanged
-_CASTS = {"_to_copy", "to"}  # a copy (strides kept) whose values the ids need not take
 _AUXILIARY = {"native_dropout", "native_layer_norm", "_fused_rms_norm", "native_group_norm", "native_batch_norm",
               "_native_batch_norm_legit", "_native_batch_norm_legit_no_training"}  # outputs past the first
 _NOT_READING = {"_assert_tensor_metadata", "_assert_scalar", "sym_size", "sym_numel"}
@@ -148,7 +143,7 @@ class FoldFinder:
         param = self.flow.graph.nodes[value.name]["param"]
         if param:
             return [param]
-        if ops.kind(value) != ops.VIEW or ops.op_name(value) in _PLACING:
+        if ops.kind(value) != ops.VIEW or ops.op_name(value) in ops.PLACING:
             return None
         inputs = value.all_input_nodes if ops.op_name(value) in _JOINS else [_first_input(value)]
         found = []
@@ -161,7 +156,7 @@ class FoldFinder:
 
     def _untie_name(self, edit: Edit, weights) -> str | None:
         """The readout's own name of a tied weight, when the readout is an nn.Linear reading it."""
-        if not weights or len(weights) != 1 or self.flow.module_type(edit.node) not in _LINEARS:
+        if not weights or len(weights) != 1 or self.flow.module_type(edit.node) not in ops.LINEAR_MODULES:
             return None
         names = [weights[0], *self.parameters[weights[0]].aliases]
         own = f"{edit.module}.weight" if edit.module else "weight"
@@ -183,7 +178,7 @@ class FoldFinder:
                 stack += self._step(name, walk, what)
         targets, views = walk.targets, set()
         for projection, entries in walk.entries.items():
-            ids = _element_ids(self._fx(projection))
+            ids = ids_of_views(self._fx(projection))
             targets += self._projection_rows(projection, entries, ids, what)
             views |= set(ids)
         self._check_contained(walk.region, views, start.name, site, slot, what)
@@ -216,7 +211,7 @@ class FoldFinder:
         raise Refusal(f"{what} passes through {op or node.op} at {name} ({self._where(name)}), which is not linear in it")
 
     def _through_view(self, node: fx.Node, op: str, what: str) -> list:
-        if op in _PLACING:
+        if op in ops.PLACING:
             raise Refusal(f"{what} is placed into another tensor by {op} at {node.name} ({self._where(node.name)})")
         if op in _JOINS:
             return [n.name for n in node.all_input_nodes]
@@ -280,7 +275,7 @@ class FoldFinder:
         while True:
             if self._weight_operand(node) is not None:
                 return node.name
-            if ops.kind(node) != ops.VIEW or len(node.all_input_nodes) != 1 or ops.op_name(node) in _PLACING:
+            if ops.kind(node) != ops.VIEW or len(node.all_input_nodes) != 1 or ops.op_name(node) in ops.PLACING:
                 return None
             node = node.all_input_nodes[0]
 
@@ -301,12 +296,12 @@ class FoldFinder:
         if any(e not in ids for e in entries):
             raise Refusal(f"muprewrite cannot follow which outputs of {projection} ({self._where(projection)}) "
                           f"make up {what}")
-        scaled = set().union(*(_features(ids[e], features) for e in entries))
+        scaled = set().union(*(features_held(ids[e], features) for e in entries))
         for name in ids:
             if name in entries:
                 continue
             for user in self._fx(name).users:
-                if user.name not in ids and not _not_reading(user) and _features(ids[name], features) & scaled:
+                if user.name not in ids and not _not_reading(user) and features_held(ids[name], features) & scaled:
                     raise Refusal(f"the outputs of {projection} ({self._where(projection)}) that make up {what} "
                                   f"also feed {user.name} ({self._where(user.name)})")
         slot, weight = self._weight_operand(node)
@@ -320,7 +315,7 @@ class FoldFinder:
         if _ROWS.get(op, (None,))[0] != slot or len(shape(weight)) != 2 or any(len(shape(b)) != 1 for b in biases):
             raise Refusal(f"only part of the outputs of {projection} ({self._where(projection)}) make up {what}, "
                           f"and muprewrite knows the rows of a 2-D linear or matmul weight only")
-        ranges = _ranges(scaled)
+        ranges = as_ranges(scaled)
         return [_target(weight, projection, _ROWS[op][1], ranges), *(_target(b, projection, 0, ranges) for b in biases)]
 
     # ------------------------------------------------------------------ checks
@@ -419,55 +414,3 @@ def _parameter_dependent(flow: Dataflow) -> set:
         if flow.graph.nodes[name]["param"] or any(p in dependent for p in flow.graph.predecessors(name)):
             dependent.add(name)
     return dependent
-
-
-def _element_ids(projection: fx.Node) -> dict:
-    """Node name -> the projection's output element ids it holds, for the projection and everything
-    computed from it by single-input views (run on a tensor of ids: which rows go where, whatever
-    the reshapes — a fused qkv interleaved per head included)."""
-    shape = tuple(projection.meta["val"].shape)
-    values = {projection.name: torch.arange(math.prod(shape)).view(shape)}
-    frontier = [projection]
-    while frontier:
-        node = frontier.pop()
-        for user in node.users:
-            if user.name in values or ops.kind(user) != ops.VIEW or len(user.all_input_nodes) != 1:
-                continue
-            value = _run_on_ids(user, values[node.name])
-            if value is not None:
-                values[user.name] = value
-                frontier.append(user)
-    return values
-
-
-def _run_on_ids(node: fx.Node, value):
-    op = ops.op_name(node)
-    if op in _SAME_IDS:
-        return value
-    if op in _CASTS:
-        return value.clone()
-    if op in _PLACING or op == "native_dropout":
-        return None
-    args, kwargs = tree_map(lambda a: value if isinstance(a, fx.Node) else a, (node.args, node.kwargs))
-    try:
-        return node.target(*args, **kwargs)
-    except Exception:  # an op that cannot run on integer ids: its users are then outside the views
-        return None
-
-
-def _features(value, features: int) -> set:
-    """The output features (last-dim indices of the projection) whose ids `value` holds."""
-    tensors = value if isinstance(value, (list, tuple)) else [value]
-    counts = [torch.bincount(t.reshape(-1) % features, minlength=features) for t in tensors if t is not None]
-    return set().union(*(set(c.nonzero().flatten().tolist()) for c in counts))
-
-
-def _ranges(indices: set) -> list:
-    """Sorted indices as [[start, stop], ...] runs."""
-    runs = []
-    for i in sorted(indices):
-        if runs and runs[-1][1] == i:
-            runs[-1][1] = i + 1
-        else:
-            runs.append([i, i + 1])
-    return runs

@@ -140,6 +140,11 @@ SCALAR_ARITH = {"mul", "div"}  # by a constant: keeps a tensor's identity, may c
 # roots of a variance or norm, and their reciprocals: a normalization written out by hand
 NORMALIZING = {"rsqrt", "sqrt", "var", "std", "var_mean", "std_mean", "linalg_vector_norm", "norm", "reciprocal"}
 RECIPROCALS = {"rsqrt", "reciprocal"}  # grow exactly when their input shrinks
+# views that place a tensor into another (q written into a larger tensor): not a view of it alone
+PLACING = {"index_put", "slice_scatter", "select_scatter", "constant_pad_nd", "pad"}  # q into another tensor
+# nn.Linear classes whose forward is F.linear(input, weight, bias) and nothing else (hooks on the
+# module's input scale exactly that call; the weight attribute is the one the call reads)
+LINEAR_MODULES = {"torch.nn.modules.linear.Linear", "torch.nn.modules.linear.NonDynamicallyQuantizableLinear"}
 
 
 def op_name(node: fx.Node) -> str:

@@ -16,6 +16,12 @@ from . import ops
 from .dims import Dataflow
 
 
+def where(flow: Dataflow, node: str, module: str) -> str:
+    """"module 'PATH' (Type) at FILE:LINE: `code`" (or "the root module ...") for an error message."""
+    owner = f"module '{module}' ({flow.module_type(node).rpartition('.')[2]})" if module else "the root module"
+    return owner + source_line(flow, node)
+
+
 def source_line(flow: Dataflow, node: str) -> str:
     forward = _forward_of(flow.module_type(node))
     if forward is None:
