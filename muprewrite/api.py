@@ -25,6 +25,7 @@ from .passes.fold import unfold
 from .passes.init_scan import scan_init
 from .passes.lint import lint
 from .passes.realize import REALIZED_FLAG, realize
+from .passes.repeats import find_repeats, stamp, unlike_copies
 from .passes.rewrite import graph_diff
 from .passes.roles import classify_uses
 from .passes.verify import verify
@@ -77,14 +78,17 @@ class Result:
 
 def mupify(factory, *, base: int, target: int, delta: int | None = None, example_inputs=None,
            parametrization: str = "mup", options: dict | None = None, verify_width: bool = True,
-           materialize: bool = True, progress: bool = False, optimizers=("adam", "sgd")) -> Result:
+           materialize: bool = True, progress: bool = False, optimizers=("adam", "sgd"),
+           share_blocks: bool = True) -> Result:
     """Compile `factory(width) -> nn.Module` into its muP version at `target` width.
 
     The model is captured at `base`, `delta` (default 2 * base) and `target` on the meta device;
     a dim is infinite when it differs between base and delta. The returned model is built by
     `factory(target)` and edited in place (your class, your hierarchy); the plan is verified
     at width `delta` against the edited graph unless `verify_width=False`. `optimizers`: the
-    families the report shows (every family's multipliers are in the plan).
+    families the report shows (every family's multipliers are in the plan). `share_blocks`:
+    structurally identical repeated blocks (a transformer's layers) are analysed once and their
+    plan entries written onto every copy; False analyses every block.
     """
     widths = _check_widths(base, delta, target)
     families = _families(optimizers)
@@ -92,7 +96,7 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
     # The analysis must not consume the caller's RNG: the returned model is initialised exactly
     # as `factory(target)` would be right now (bit for bit the original at base width).
     with _Steps(progress) as step, torch.random.fork_rng(devices=[]):
-        analysis = analyse(factory, example_inputs, widths, step)
+        analysis = analyse(factory, example_inputs, widths, step, share_blocks)
         plan = _finished(analysis.plan(parametrization, options, "target"), factory, analysis.flow, families)
         step("rewriting the graph")
         diff = graph_diff(analysis.flow.modules["target"], plan)
@@ -117,13 +121,15 @@ class Analysis:
     sites: list
     init: dict
     factory: object = None
+    share_blocks: bool = True
 
     def plan(self, parametrization: str = "mup", options: dict | None = None, at: str | int = "target") -> Plan:
         """The plan at `at`: a captured width's name ("base", "delta", "target"), or any width, where
         every size and constant is predicted from the captures (WidthPredictionError if one cannot be)."""
         plan = decide(self.flow, self.uses, self.sites, self.init, parametrization, options, at)
         plan.warnings = lint(self.flow, self.uses, self.sites, self.init, plan)
-        return plan
+        captures = self.flow.captures
+        return stamp(plan, captures.repeats, captures.parameter_order)
 
     def plan_for(self, width: int, parametrization: str = "mup", options: dict | None = None,
                  optimizers=("adam", "sgd")) -> Plan:
@@ -139,20 +145,21 @@ class Analysis:
                     f"planned at width {width} from the analysis captured at widths {widths.base}, {widths.delta}, "
                     f"{widths.target} (sizes and constants predicted)"]
             except WidthPredictionError as exc:
-                fresh = analyse(self.factory, self.inputs, Widths(widths.base, widths.delta, width))
+                fresh = analyse(self.factory, self.inputs, Widths(widths.base, widths.delta, width),
+                                share_blocks=self.share_blocks)
                 plan, flow = fresh.plan(parametrization, options, "target"), fresh.flow
                 notes = [f"captured at width {width}: not predictable from the analysis ({exc})"]
         return _finished(plan, self.factory, flow, families, notes)
 
 
 def analyse_widths(factory, *, base: int, target: int, delta: int | None = None, example_inputs=None,
-                   progress: bool = False) -> Analysis:
+                   progress: bool = False, share_blocks: bool = True) -> Analysis:
     """The analysis `mupify` runs (capture at `base`, `delta` and `target`, roles, attention, init),
     once, for plans at every width: `analysis.plan_for(w, ...)` is `mupify(..., target=w, ...).plan`.
     Capture at the largest width you will plan for: a width above it is an extrapolation."""
     widths = _check_widths(base, delta, target)
     with _Steps(progress) as step, torch.random.fork_rng(devices=[]):
-        return analyse(factory, example_inputs, widths, step)
+        return analyse(factory, example_inputs, widths, step, share_blocks)
 
 
 def _finished(plan: Plan, factory, flow: Dataflow, families: list, notes=()) -> Plan:
@@ -193,16 +200,48 @@ def model_notes(factory, flow: Dataflow) -> list:
     return notes
 
 
-def analyse(factory, example_inputs, widths: Widths, step=lambda description: None) -> Analysis:
-    """Run the analysis passes: capture, dims, roles, attention, init scan."""
+def analyse(factory, example_inputs, widths: Widths, step=lambda description: None, share_blocks: bool = True) -> Analysis:
+    """Run the analysis passes: repeated blocks, init scan, capture, dims, roles, attention."""
     step("building example inputs")
     inputs = example_inputs if example_inputs is not None else guess_inputs(factory, widths.base)
+    copies = _repeated_blocks(factory, widths.base) if share_blocks else {}
+    step("measuring the model's own init")
+    init = scan_init(factory, widths, copies)
+    unlike = unlike_copies(copies, init)
+    copies = {c: r for c, r in copies.items() if c not in unlike}
     step("capturing the model at 3 widths")
-    flow = analyse_dims(capture(factory, inputs, widths))
+    captures = capture(factory, inputs, widths, copies)
+    if unlike or captures.repeats != copies:  # blocks analysed apart need their own init, fully measured
+        init = scan_init(factory, widths, captures.repeats)
+    captures.notes += _repeats_notes(captures.repeats, unlike)
+    flow = analyse_dims(captures)
     step("classifying roles and attention")
     uses, sites = classify_uses(flow), find_attention(flow)
-    step("measuring the model's own init")
-    return Analysis(inputs, flow, uses, sites, scan_init(factory, widths), factory)
+    return Analysis(inputs, flow, uses, sites, init, factory, share_blocks)
+
+
+def _repeated_blocks(factory, width: int) -> dict:
+    """The repeated blocks of the model at `width` (none when it cannot be built on meta: capture
+    then finds out why)."""
+    try:
+        return find_repeats(build_model(factory, width, "meta"))
+    except MuRewriteError:
+        return {}
+
+
+def _repeats_notes(copies: dict, unlike: set) -> list:
+    by_representative = {}
+    for copy_path, representative in copies.items():
+        by_representative.setdefault(representative, []).append(copy_path)
+    notes = [f"{len(paths)} block(s) repeat {representative} ({_listed(paths)}): analysed once, its plan entries "
+             "written onto each" for representative, paths in by_representative.items()]
+    if unlike:
+        notes.append(f"analysed apart, their init differing from the identical block before them: {_listed(sorted(unlike))}")
+    return notes
+
+
+def _listed(paths: list) -> str:
+    return ", ".join(paths) if len(paths) <= 3 else f"{paths[0]}, {paths[1]}, ..., {paths[-1]}"
 
 
 def apply_plan(model: nn.Module, plan: Plan | str | Path, *, reinit: bool = False, inplace: bool = False,

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the plan as JSON on stdout and nothing else")
     parser.add_argument("--full", action="store_true", help="report every parameter, edit and diff hunk (repeated "
                         "layers are collapsed into one row by default) and the graph nodes")
+    parser.add_argument("--every-block", action="store_true", help="analyse every block, not each distinct "
+                        "repeated block once (its plan entries written onto the copies)")
     parser.add_argument("--no-verify", action="store_true", help="skip checking the realized model against the edited graph")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
@@ -117,7 +119,7 @@ def compile_model(args):
     return mupify(factory, base=base, delta=args.delta, target=target, example_inputs=inputs,
                   parametrization=args.parametrization, options=parse_options(args.option),
                   optimizers=args.optimizer or ("adam", "sgd"),
-                  verify_width=not args.no_verify,
+                  verify_width=not args.no_verify, share_blocks=not args.every_block,
                   materialize=False, progress=not args.json and sys.stderr.isatty())
 
 

@@ -173,14 +173,17 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
 
 def _planner(factory, base, delta, widths, example_inputs, parametrization, options, reuse_analysis: bool):
     """width -> the plan `mupify(factory, base=base, delta=delta, target=width, ...)` makes: from one
-    analysis captured at base, delta and the largest width, or (`reuse_analysis=False`) by mupify."""
+    analysis captured at base, delta and the largest width, or (`reuse_analysis=False`) by mupify.
+    Every block is analysed (share_blocks=False): the plan edits this check's own capture of every
+    block, so it must name every block's graph nodes."""
     from .api import analyse_widths, mupify
 
     if not reuse_analysis:
         return lambda width: mupify(factory, base=base, delta=delta, target=width, example_inputs=example_inputs,
                                     parametrization=parametrization, options=options, verify_width=False,
-                                    materialize=False).plan
-    analysis = analyse_widths(factory, base=base, delta=delta, target=max(widths), example_inputs=example_inputs)
+                                    materialize=False, share_blocks=False).plan
+    analysis = analyse_widths(factory, base=base, delta=delta, target=max(widths), example_inputs=example_inputs,
+                              share_blocks=False)
     return lambda width: analysis.plan_for(width, parametrization, options)
 
 

@@ -97,6 +97,13 @@ class Plan:
     # the optimizer families the user will train with (the report shows their multipliers; every
     # family's are in lr_mult / wd_mult)
     optimizers: list = field(default_factory=lambda: ["adam", "sgd"])
+    # repeated blocks analysed once: copy module path -> the representative whose parameters, uses
+    # and edits were written onto it under the copy's names (passes/repeats.py)
+    repeats: dict = field(default_factory=dict)
+
+    def graph_edits(self) -> list:
+        """The edits of the captured graph's own nodes: a copy's edits name its representative's nodes."""
+        return [e for e in self.edits if not any(e.module == c or e.module.startswith(c + ".") for c in self.repeats)]
 
     def param(self, name: str) -> ParamPlan | None:
         if name in self.parameters:
@@ -115,7 +122,7 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
         try:
-            _check_fields(Plan, data, "the plan", ("options", "notes", "optimizers"))
+            _check_fields(Plan, data, "the plan", ("options", "notes", "optimizers", "repeats"))
             parameters = {k: ParamPlan(**_check_fields(ParamPlan, v, f"parameter {k!r}")) for k, v in
                           data["parameters"].items()}
             edits = [Edit(**_check_fields(Edit, e, f"edit {i}")) for i, e in enumerate(data["edits"])]
@@ -126,7 +133,8 @@ class Plan:
                         for i, w in enumerate(data["warnings"])]
             return cls(**{k: data[k] for k in ("parametrization", "base_width", "delta_width", "target_width")},
                        options=data.get("options", {}), parameters=parameters, edits=edits, warnings=warnings,
-                       notes=list(data.get("notes", [])), optimizers=list(data.get("optimizers", ["adam", "sgd"])))
+                       notes=list(data.get("notes", [])), optimizers=list(data.get("optimizers", ["adam", "sgd"])),
+                       repeats=dict(data.get("repeats", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise MuRewriteError(f"not a muprewrite plan: {exc}; pass a plan.json written by muprewrite") from exc
 

@@ -10,7 +10,11 @@ Writes: `Captures` — one `torch.export.ExportedProgram` per width name, captur
           a fixed device, ops without a meta kernel);
         * `mode` "train", or "eval" when train mode cannot be traced because of train-only
           data-dependent control flow (LayerDrop's `if self.training and torch.rand([]) < p`);
-        * `notes`: one line per fallback taken, saying why.
+        * `notes`: one line per fallback taken, saying why;
+        * `repeats`: {copy path: representative path} of the repeated blocks (passes/repeats.py)
+          whose forward passed its input through while exported, so the graphs hold each
+          distinct block once — the copies asked for, when every width's model has them and
+          the export with them passed through works; else none (a note says why).
         The same strategy is used at every width, so the graphs match node for node.
 Raises: `CaptureError` with one line: the cause in words (data-dependent control flow, a
         device problem, an op without a fake kernel, example inputs that do not fit, ...), the
@@ -34,6 +38,7 @@ from torch.utils._pytree import tree_map
 from ..errors import CaptureError, MuRewriteError
 from ..widths import WIDTH_NAMES, Widths
 from .capture_failures import Failure, Strategy, capture_error, describe_failure, fallback_note, next_strategy, user_location
+from .repeats import StubError, find_repeats, stubbed
 
 @dataclass
 class Captures:
@@ -43,6 +48,10 @@ class Captures:
     mode: str = "train"  # "train" | "eval": the module mode the graphs were captured in
     device: str = "meta"  # "meta" | "fake-cpu": where the models were built
     notes: list = field(default_factory=list)  # one line per fallback taken, saying why
+    repeats: dict = field(default_factory=dict)  # copy path -> representative path, passed through
+    copy_positions: dict = field(default_factory=dict)  # copy path -> the last graph node when it ran
+
+    parameter_order: list = field(default_factory=list)  # every parameter's first name, in the model's order
 
 
 @dataclass
@@ -77,13 +86,28 @@ def to_device(inputs, device):
     return tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, inputs)
 
 
-def capture(factory, inputs, widths: Widths) -> Captures:
-    """Export the model at base, delta and target width, falling back as the failures call for."""
+def capture(factory, inputs, widths: Widths, copies: dict | None = None) -> Captures:
+    """Export the model at base, delta and target width, falling back as the failures call for;
+    with `copies`, each repeated block once (every block when that cannot be, noted)."""
+    if copies:
+        try:
+            return _capture(factory, inputs, widths, copies)
+        except (StubError, CaptureError) as exc:
+            captures = _capture(factory, inputs, widths, {})
+            captures.notes.append(f"every repeated block captured: with each distinct block once, {_first_line(exc)}")
+            return captures
+    return _capture(factory, inputs, widths, {})
+
+
+def _capture(factory, inputs, widths: Widths, copies: dict) -> Captures:
     strategy, failures = Strategy(), []
     while True:
         try:
-            programs, model = _capture_widths(factory, inputs, widths, strategy)
+            programs, model, positions = _capture_widths(factory, inputs, widths, strategy, copies)
         except Failure as failure:
+            stub = _stub_error(failure.exc)
+            if stub is not None:
+                raise stub
             failures.append(failure)
             following = next_strategy(failure)
             if following is None:
@@ -92,7 +116,23 @@ def capture(factory, inputs, widths: Widths) -> Captures:
             continue
         notes = [fallback_note(f, widths) for f in failures]
         return Captures(widths=widths, programs=programs, aliases=tied_names(model),
-                        mode=strategy.mode, device=strategy.device, notes=notes)
+                        mode=strategy.mode, device=strategy.device, notes=notes, repeats=dict(copies),
+                        copy_positions=positions, parameter_order=[name for name, _ in model.named_parameters()])
+
+
+def _stub_error(exc: BaseException | None) -> StubError | None:
+    """The StubError behind an export failure (torch.export may wrap what the forward raised)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, StubError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def export_model(model: nn.Module, inputs, device) -> torch.export.ExportedProgram:
@@ -146,15 +186,34 @@ def split_inputs(inputs):
     return (inputs,), {}
 
 
-def _capture_widths(factory, inputs, widths: Widths, strategy: Strategy):
-    programs, model = {}, None
+def _capture_widths(factory, inputs, widths: Widths, strategy: Strategy, copies: dict):
+    programs, model, positions = {}, None, {}
     for name in WIDTH_NAMES:
         model = _build(factory, widths[name], strategy, name)
+        positions = {}
         try:
-            programs[name] = _export(model, inputs_at(inputs, widths[name]), strategy)
+            _check_copies(model, copies, widths[name])
+            with stubbed(model, copies, positions):
+                programs[name] = _export(model, inputs_at(inputs, widths[name]), strategy)
+            _check_copies_placed(programs[name], copies, positions)
         except Exception as exc:
             raise Failure(exc, model, strategy, name, built=True) from exc
-    return programs, model
+    return programs, model, positions
+
+
+def _check_copies(model: nn.Module, copies: dict, width: int) -> None:
+    found = find_repeats(model) if copies else {}
+    differing = next((c for c, r in copies.items() if found.get(c) != r), None)
+    if differing is not None:
+        raise StubError(f"at width {width} block {differing} is not a copy of {copies[differing]}")
+
+
+def _check_copies_placed(program: torch.export.ExportedProgram, copies: dict, positions: dict) -> None:
+    """Every copy ran, after a node of the graph (what ops precede it is counted from there)."""
+    nodes = {node.name for node in program.graph.nodes}
+    unplaced = next((c for c in copies if positions.get(c) not in nodes), None)
+    if unplaced is not None:
+        raise StubError(f"block {unplaced} did not run after an op of the graph")
 
 
 def _build(factory, width: int, strategy: Strategy, width_name: str) -> nn.Module:

@@ -26,6 +26,7 @@ from . import ops
 from .attention import hidden_logit_paths
 from .dims import Dataflow
 from .foldable import place_folds
+from .repeats import copies_ops_before
 from .source import where
 from .width_constants import width_constants_around
 
@@ -323,9 +324,11 @@ def _occurrence(flow: Dataflow, node: str, scope: str, fam: str) -> dict:
     index of `node` among the `fam` calls made during that call of the module ("occurrence")."""
     call = flow.call(node, scope)
     in_scope = [n for n in flow.graph.nodes if flow.in_scope(n, scope)]
-    same = [n for n in in_scope if flow.call(n, scope) == call and ops.family(ops.op_name(flow.fx(n))) == fam]
+    is_family = lambda n: ops.family(ops.op_name(flow.fx(n))) == fam  # noqa: E731
+    same = [n for n in in_scope if flow.call(n, scope) == call and is_family(n)]
     calls = 1 + max((flow.call(n, scope) for n in in_scope), default=0)
-    return {"occurrence": same.index(node), "call": call, "calls": calls}
+    return {"occurrence": same.index(node) + copies_ops_before(flow, node, scope, is_family), "call": call,
+            "calls": calls}
 
 
 def _graph_order(flow):

@@ -4,7 +4,7 @@ Reads:  `Captures` (one exported program per width).
 Writes: `Dataflow` — a networkx DiGraph over the graph's nodes, no_grad/autocast bodies inlined
         (an edge runs from an argument to its user). Each node carries `fx` (its torch.fx Node per width name), `shape` (a
         `WidthShape`, a list of them for multi-output nodes, or None), `param` (the parameter
-        FQN of a parameter placeholder), `module` and `module_type` (the innermost module that ran it), `calls` (which call of each
+        FQN of a parameter placeholder; a repeated block's copy has none: passes/repeats.py), `module` and `module_type` (the innermost module that ran it), `calls` (which call of each
         enclosing module ran it, for modules that run several times per forward).
 Raises: `WidthError` when the graphs differ between widths (naming the first differing node),
         when a dim is equal at base and delta but differs at target (the `mup` package would

@@ -10,6 +10,9 @@ Writes: `{parameter FQN: InitStats}` — per parameter the std at base and delta
         sampling error of 0). The plan predicts the model's own std at any width from these
         and reads the base std as muP's reference.
 Only base and delta are built (a few times when small random tensors need it), whatever the target.
+A copy of a repeated block (passes/repeats.py) is measured only as far as telling whether its
+init is its representative's (std and mean on a few thousand entries, at base and delta); only a
+copy parameter whose init differs is in the result, with its own statistics.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import torch
 
 from ..widths import Widths
 from .capture import build_model
+from .repeats import representative_of
 
 SEED = 0
 SAMPLE = 1 << 16  # elements per tensor: the std is then known to ~0.5%, at any model size
+COPY_SAMPLE = 1 << 12  # elements of a copy's tensor compared with its representative's (~1%)
 SMALL = 4096  # a random tensor smaller than this is drawn again (more models) and pooled ...
 POOLED = 512  # ... until about this many entries back its std (standard error ~3%) ...
 MAX_DRAWS, MAX_DRAWS_LARGE, LARGE = 32, 4, 20_000_000  # ... within a budget of model builds
@@ -43,15 +48,20 @@ class InitStats:
         return self.base_std * ratio**self.exponent
 
 
-def scan_init(factory, widths: Widths) -> dict:
-    base = _stats(factory, widths.base)
-    delta = _stats(factory, widths.delta)
+def scan_init(factory, widths: Widths, copies: dict | None = None) -> dict:
+    copies = copies or {}
+    base = _stats(factory, widths.base, copies)
+    delta = _stats(factory, widths.delta, copies)
     ratio = widths.delta / widths.base
-    return {
-        name: InitStats(b.std, delta[name].std, _exponent(b, delta[name], ratio), b.excess_kurtosis, b.zero_mean)
-        for name, b in base.items()
-        if name in delta
-    }
+    stats = {}
+    for name, b in base.items():
+        representative = representative_of(name, copies)
+        if name not in delta or (representative is not None and _same_init(b, base[representative]) and
+                                 _same_init(delta[name], delta[representative])):
+            continue
+        stats[name] = InitStats(b.std, delta[name].std, _exponent(b, delta[name], ratio), b.excess_kurtosis,
+                                b.zero_mean)
+    return stats
 
 
 @dataclass(frozen=True)
@@ -60,14 +70,17 @@ class _Moments:
     excess_kurtosis: float
     zero_mean: bool
     count: int  # entries the estimate rests on
+    mean: float = 0.0
 
 
-def _stats(factory, width: int) -> dict:
-    """Moments of every parameter; small random tensors pooled over DRAWS independent builds."""
-    samples = _draw(factory, width, SEED)
-    small = [n for n, x in samples.items() if 1 < x.numel() < SMALL and x.std() > 0]
+def _stats(factory, width: int, copies: dict) -> dict:
+    """Moments of every parameter; small random tensors pooled over DRAWS independent builds
+    (a copy's tensors: from a smaller sample, never pooled)."""
+    samples = _draw(factory, width, SEED, copies)
+    small = [n for n, x in samples.items() if 1 < x.numel() < SMALL and x.std() > 0
+             and representative_of(n, copies) is None]
     for seed in range(SEED + 1, SEED + _draws(samples, small)):
-        extra = _draw(factory, width, seed)
+        extra = _draw(factory, width, seed, copies)
         for name in small:
             samples[name] = torch.cat([samples[name], extra[name]])
     with _single_thread():  # many tiny ops: threads only add contention
@@ -81,12 +94,13 @@ def _draws(samples: dict, small: list) -> int:
     return min(budget, math.ceil(POOLED / min(samples[n].numel() for n in small)))
 
 
-def _draw(factory, width: int, seed: int) -> dict:
+def _draw(factory, width: int, seed: int, copies: dict) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(factory, width, device="cpu")
     with torch.no_grad(), _single_thread():
-        return {name: _sample(param) for name, param in model.named_parameters()}
+        return {name: _sample(param, COPY_SAMPLE if representative_of(name, copies) else SAMPLE)
+                for name, param in model.named_parameters()}
 
 
 @contextlib.contextmanager
@@ -99,10 +113,10 @@ def _single_thread():
         torch.set_num_threads(threads)
 
 
-def _sample(tensor: torch.Tensor) -> torch.Tensor:
-    """A fixed, evenly strided subset of the tensor's entries, in float64."""
+def _sample(tensor: torch.Tensor, size: int) -> torch.Tensor:
+    """A fixed, evenly strided subset of about `size` of the tensor's entries, in float64."""
     flat = tensor.detach().flatten()
-    stride = max(1, flat.numel() // SAMPLE)
+    stride = max(1, flat.numel() // size)
     return flat[::stride].double()
 
 
@@ -112,10 +126,21 @@ def _moments(sample: torch.Tensor) -> _Moments:
     centred = sample - mean
     var = centred.pow(2).mean() if count > 1 else 0.0
     if var == 0:
-        return _Moments(0.0, 0.0, mean == 0.0, count)
+        return _Moments(0.0, 0.0, mean == 0.0, count, mean)
     std = float(sample.std())
     zero_mean = abs(mean) <= 4 * std / math.sqrt(count)
-    return _Moments(std, float(centred.pow(4).mean() / var**2 - 3.0), zero_mean, count)
+    return _Moments(std, float(centred.pow(4).mean() / var**2 - 3.0), zero_mean, count, mean)
+
+
+def _same_init(copy: _Moments, representative: _Moments) -> bool:
+    """Whether a copy's tensor is drawn as its representative's: the same constant, or the same
+    centring and a std within sampling error."""
+    if copy.std == 0 or representative.std == 0:
+        return copy.std == representative.std and copy.zero_mean == representative.zero_mean and \
+            math.isclose(copy.mean, representative.mean, rel_tol=1e-6, abs_tol=1e-12)
+    standard_error = math.sqrt(1 / (2 * (copy.count - 1)) + 1 / (2 * (representative.count - 1)))
+    return copy.zero_mean == representative.zero_mean and \
+        abs(math.log(copy.std / representative.std)) < EVIDENCE * standard_error
 
 
 def _exponent(base: _Moments, delta: _Moments, ratio: float) -> float:

@@ -24,7 +24,7 @@ from collections import Counter
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode, redispatch_function
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack, redispatch_function
 
 from ..errors import MuRewriteError
 from ..plan import Edit, Plan
@@ -216,6 +216,27 @@ class _EditCalls(TorchFunctionMode):
         for edit in edits:
             args, kwargs = edit_arguments(edit, func, args, kwargs)
         return func(*args, **kwargs)
+
+
+def counting_calls(function, *args, **kwargs) -> tuple:
+    """(function(*args, **kwargs), the op-family calls it made as an edited module counts them),
+    counted only where some edited module's calls are being counted (else an empty Counter)."""
+    if not _edit_modes():
+        return function(*args, **kwargs), Counter()
+    counter = _EditCalls({}, Counter(), 0)
+    with counter:
+        return function(*args, **kwargs), counter.counts
+
+
+def skip_calls(counts: Counter) -> None:
+    """Count `counts` in every edited module now running, as if those calls were made here (a
+    repeated block passed through in place of its ops: passes/repeats.py)."""
+    for mode in _edit_modes():
+        mode.counts.update(counts)
+
+
+def _edit_modes() -> list:
+    return [mode for mode in _get_current_function_mode_stack() if isinstance(mode, _EditCalls)]
 
 
 def edit_arguments(edit: Edit, func, args, kwargs) -> tuple:

@@ -4,7 +4,7 @@ Reads:  a GraphModule captured at the plan's width (`ExportedProgram.module()` t
         the exported program's own `graph_module`, parameters as inputs, for the diff) and a `Plan`.
 Writes: the same GraphModule, edited in place and recompiled: a readout multiplier becomes a
         `mul` on the readout's activation input, a q·k scale a `mul` on q, an SDPA scale its
-        `scale=` argument. This edited graph is the verification oracle for the
+        `scale=` argument (a repeated block's copies are not in the graph: their representative is). This edited graph is the verification oracle for the
         realized model and the source of the report's code diff.
 """
 
@@ -28,7 +28,7 @@ def rewrite_graph(module: fx.GraphModule, plan: Plan) -> fx.GraphModule:
     """Inline no_grad/autocast bodies (the analysis names nodes inside them), then edit."""
     module = inline_hops(module)
     nodes = {node.name: node for node in module.graph.nodes}
-    for edit in plan.edits:
+    for edit in plan.graph_edits():
         node = nodes[edit.node]
         if edit.apply_to == "scale_kwarg":
             slot = ops.spec(node).scale

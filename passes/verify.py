@@ -10,9 +10,15 @@ bit unless the realization put an edit in the wrong place — or the model's own
 match its eager forward (randomness or nondeterministic kernels inside forward). So the same
 comparison is first made with no edits (the baseline), and the edited pair is judged against
 that distance; the result reports it.
+A model with repeated blocks (`plan.repeats`) is compared with every copy passing its input
+through, as it was captured; then, in one forward of the whole realized model, each copy's output
+must equal its representative's run on the copy's inputs with the copy's tensors (same RNG
+state), so each copy computes what the verified representative computes.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch.utils._pytree import tree_leaves
@@ -21,6 +27,7 @@ from ..errors import VerificationError
 from ..plan import Plan
 from .capture import build_model, export_with_fallbacks, inputs_at, split_inputs
 from .realize import interceptors, realize
+from .repeats import stubbed
 from .rewrite import rewrite_graph
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -29,15 +36,20 @@ NOISE_MARGIN = 4.0  # how far past the model's own graph-vs-eager distance an ed
 
 def verify(factory, inputs, plan: Plan, width: int, realize_fn=realize) -> dict:
     """Return {"outputs", "gradients": max |diff| realized vs edited graph, "baseline": the same
-    for the unedited model vs its own graph} or raise VerificationError."""
+    for the unedited model vs its own graph, "copies": how many repeated blocks were checked
+    against their representative} or raise VerificationError."""
     torch.manual_seed(0)
     inputs = inputs_at(inputs, width)
-    realized = realize_fn(build_model(factory, width), plan, reinit=True)
-    exported = export_with_fallbacks(build_model(factory, width), inputs, "cpu")
-    baseline = _baseline(factory, width, inputs, exported, realized)
+    built = build_model(factory, width)
+    unedited = _spare(built, factory, width)
+    realized = realize_fn(built, plan, reinit=True)
+    with stubbed(unedited, plan.repeats):
+        exported = export_with_fallbacks(unedited, inputs, "cpu")
+    baseline = _baseline(unedited, inputs, exported, realized, plan.repeats)
     oracle = _loaded(rewrite_graph(exported.program.module(), plan), realized)
     realized.train(exported.mode == "train")  # the mode the graph could be captured in
-    got, got_grads = _run(realized, inputs)
+    with stubbed(realized, plan.repeats):
+        got, got_grads = _run(realized, inputs)
     want, want_grads = _run(oracle, inputs)
     differences = {
         "outputs": _compare("output", got, want, baseline["outputs"]),
@@ -46,21 +58,94 @@ def verify(factory, inputs, plan: Plan, width: int, realize_fn=realize) -> dict:
         "gradients": None if want_grads is None else _compare("gradient of", got_grads, want_grads,
                                                               baseline["gradients"]),
         "baseline": {k: max(v.values(), default=0.0) for k, v in baseline.items()},
+        "copies": _check_copies(realized, plan.repeats, inputs),
     }
     _check_all_fired(realized, plan)
     return differences
 
 
-def _baseline(factory, width: int, inputs, exported, realized) -> dict:
+def _spare(built, factory, width: int):
+    """A second model (its tensors are overwritten by the realized model's): a copy, or a build."""
+    try:
+        return copy.deepcopy(built)
+    except Exception:  # a model holding something deepcopy refuses
+        return build_model(factory, width)
+
+
+def _baseline(unedited, inputs, exported, realized, copies: dict) -> dict:
     """How far the model's own graph is from its eager forward with no edit at all, per tensor:
     randomness or nondeterminism inside forward (drawn with the RNG fixed, still) can keep the
     two apart, and the edits are then judged against that distance, not against zero."""
-    plain = _loaded(build_model(factory, width), realized)
+    plain = _loaded(unedited, realized)
     plain.train(exported.mode == "train")
     graph = _loaded(exported.program.module(), realized)
-    (got, got_grads), (want, want_grads) = _run(plain, inputs), _run(graph, inputs)
+    with stubbed(plain, copies):
+        got, got_grads = _run(plain, inputs)
+    want, want_grads = _run(graph, inputs)
     return {"outputs": _distances(got, want),
             "gradients": {} if want_grads is None else _distances(got_grads, want_grads)}
+
+
+def _check_copies(realized, copies: dict, inputs) -> int:
+    """Each copy's output in a forward of the whole model vs its representative run on the same
+    inputs with the copy's parameters and buffers; the number of copies checked."""
+    if not copies:
+        return 0
+    modules = dict(realized.named_modules())
+    calls = _record_calls(realized, {path: modules[path] for path in copies}, inputs)
+    for path, (args, kwargs, rng, output) in calls.items():
+        representative = modules[copies[path]]
+        tensors = {**dict(modules[path].named_parameters(remove_duplicate=False)),
+                   **dict(modules[path].named_buffers(remove_duplicate=False))}
+        for interceptor in interceptors(representative):
+            interceptor.calls = 0
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(rng)
+            expected = torch.func.functional_call(representative, tensors, args, kwargs, tie_weights=False)
+        _compare_copy(path, copies[path], tree_leaves(output), tree_leaves(expected))
+    return len(calls)
+
+
+def _record_calls(model, blocks: dict, inputs) -> dict:
+    """{path: (args, kwargs, RNG state, output)} of each block's first call in one forward."""
+    calls, handles = {}, []
+    for path, block in blocks.items():
+        def enter(module, args, kwargs, path=path):
+            calls.setdefault(path, [args, kwargs, torch.get_rng_state(), None])
+
+        def leave(module, args, kwargs, output, path=path):
+            if calls[path][3] is None:
+                calls[path][3] = output
+
+        handles += [block.register_forward_pre_hook(enter, with_kwargs=True, prepend=True),
+                    block.register_forward_hook(leave, with_kwargs=True)]
+    args, kwargs = split_inputs(inputs)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {path: tuple(call) for path, call in calls.items()}
+
+
+def _compare_copy(path: str, representative: str, got: list, want: list) -> None:
+    same = len(got) == len(want) and all(_close(g, w) for g, w in zip(got, want))
+    if not same:
+        raise VerificationError(
+            f"block {path} computes something else than {representative}, the identical block it repeats, "
+            "given the same inputs and its own tensors; analyse every block with share_blocks=False "
+            "(--every-block), and please report this model")
+
+
+def _close(got, want) -> bool:
+    if not isinstance(want, torch.Tensor):
+        return not isinstance(got, torch.Tensor)
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return False
+    scale = float(want.float().abs().max()) if want.numel() else 0.0
+    return not ((got.float() - want.float()).abs() > ATOL + RTOL * scale).any()
 
 
 def _loaded(module, realized):

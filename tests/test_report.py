@@ -103,8 +103,13 @@ def test_full_shows_every_row_and_the_graph_nodes(tied):
         assert re.search(rf"^{re.escape(name)}\b", text, re.M), name
     for edit in tied.plan.edits:
         assert edit.node in text.split("Warnings")[0]
-    assert "scaled_dot_product_attention_1" in text.split("Graph diff")[0]  # nodes of warnings too
-    assert "more hunk" not in text and "more hunk" in tied.report.to_text(width=200)
+    # nodes of warnings too; a repeated block's copy is named by its representative's node, in the copy
+    assert "scaled_dot_product_attention@blocks.1" in text.split("Graph diff")[0]
+    assert "more hunk" not in text
+    every_block = muprewrite.mupify(gpt_tied.make_model, base=32, target=256, share_blocks=False,
+                                    example_inputs=gpt_tied.example_inputs(), materialize=False, verify_width=False)
+    assert "more hunk" in every_block.report.to_text(width=200)  # the diff of every block is cut short
+    assert "more hunk" not in every_block.report.to_text(width=200, full=True)
 
 
 def test_edits_and_warnings_are_named_by_module_and_op(tied):
