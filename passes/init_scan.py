@@ -11,8 +11,9 @@ Writes: `{parameter FQN: InitStats}` — per parameter the std at base and delta
         and reads the base std as muP's reference.
 Only base and delta are built (a few times when small random tensors need it), whatever the target.
 A copy of a repeated block (passes/repeats.py) is measured only as far as telling whether its
-init is its representative's (std and mean on a few thousand entries, at base and delta); only a
-copy parameter whose init differs is in the result, with its own statistics.
+init is its representative's (std and mean on a few thousand entries, at base and delta, within
+COPY_EVIDENCE standard errors); only a copy parameter whose init differs is in the result, with
+the statistics of that smaller sample (the caller measures such a block again, as itself).
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ from .repeats import representative_of
 
 SEED = 0
 SAMPLE = 1 << 16  # elements per tensor: the std is then known to ~0.5%, at any model size
-COPY_SAMPLE = 1 << 12  # elements of a copy's tensor compared with its representative's (~1%)
+COPY_SAMPLE = 1 << 12  # elements of a copy's tensor compared with its representative's (std to ~1%)
+# A model has thousands of copy tensors: at 6 standard errors a copy drawn alike is called unlike
+# with odds below 1e-8 each (at 3, one 80-layer model had 6 such), and a depth-scaled init whose
+# std is 7% or more away from the first block's is still told apart.
+COPY_EVIDENCE = 6.0
 SMALL = 4096  # a random tensor smaller than this is drawn again (more models) and pooled ...
 POOLED = 512  # ... until about this many entries back its std (standard error ~3%) ...
 MAX_DRAWS, MAX_DRAWS_LARGE, LARGE = 32, 4, 20_000_000  # ... within a budget of model builds
@@ -133,14 +138,15 @@ def _moments(sample: torch.Tensor) -> _Moments:
 
 
 def _same_init(copy: _Moments, representative: _Moments) -> bool:
-    """Whether a copy's tensor is drawn as its representative's: the same constant, or the same
-    centring and a std within sampling error."""
+    """Whether a copy's tensor is drawn as its representative's: the same constant, or a mean and
+    std within COPY_EVIDENCE standard errors of its."""
     if copy.std == 0 or representative.std == 0:
-        return copy.std == representative.std and copy.zero_mean == representative.zero_mean and \
+        return copy.std == representative.std and \
             math.isclose(copy.mean, representative.mean, rel_tol=1e-6, abs_tol=1e-12)
-    standard_error = math.sqrt(1 / (2 * (copy.count - 1)) + 1 / (2 * (representative.count - 1)))
-    return copy.zero_mean == representative.zero_mean and \
-        abs(math.log(copy.std / representative.std)) < EVIDENCE * standard_error
+    log_std_error = math.sqrt(1 / (2 * (copy.count - 1)) + 1 / (2 * (representative.count - 1)))
+    mean_error = math.sqrt(copy.std**2 / copy.count + representative.std**2 / representative.count)
+    return abs(math.log(copy.std / representative.std)) < COPY_EVIDENCE * log_std_error and \
+        abs(copy.mean - representative.mean) < COPY_EVIDENCE * mean_error
 
 
 def _exponent(base: _Moments, delta: _Moments, ratio: float) -> float:

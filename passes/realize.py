@@ -56,7 +56,8 @@ def check_shapes(model: nn.Module, plan: Plan) -> None:
                 f"parameter '{name}' has shape {list(param.shape)} but the plan expects "
                 f"{entry.shape} (made for width {plan.target_width}); make a plan at this model's width"
             )
-    missing = [n for n in plan.parameters if n not in dict(model.named_parameters(remove_duplicate=False))]
+    names = dict(model.named_parameters(remove_duplicate=False))
+    missing = [n for n in plan.parameters if n not in names]
     if missing:
         raise MuRewriteError(
             f"the plan names parameter(s) this model lacks: {', '.join(missing[:3])}; "
