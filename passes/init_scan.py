@@ -10,8 +10,10 @@ Writes: `{parameter FQN: InitStats}` — per parameter the std at base and delta
         sampling error of 0). The plan predicts the model's own std at any width from these
         and reads the base std as muP's reference.
 Only base and delta are built (a few times when small random tensors need it), whatever the target.
-A copy of a repeated block (passes/repeats.py) is measured only as far as telling whether its
-init is its representative's (std and mean on a few thousand entries, at base and delta, within
+The models are built with their init fills deferred (passes/deferred_init.py), each run only
+when its tensor is sampled. A copy of a repeated block (passes/repeats.py) whose fill is its
+representative's (the same op, the same numbers) is not filled at all: it is drawn alike. Any
+other copy is measured only as far as telling whether its init is its representative's (std and mean on a few thousand entries, at base and delta, within
 COPY_EVIDENCE standard errors); only a copy parameter whose init differs is in the result, with
 the statistics of that smaller sample (the caller measures such a block again, as itself).
 """
@@ -26,6 +28,7 @@ import torch
 
 from ..widths import Widths
 from .capture import build_model
+from .deferred_init import Deferred
 from .repeats import representative_of
 
 SEED = 0
@@ -38,6 +41,7 @@ COPY_EVIDENCE = 6.0
 SMALL = 4096  # a random tensor smaller than this is drawn again (more models) and pooled ...
 POOLED = 512  # ... until about this many entries back its std (standard error ~3%) ...
 MAX_DRAWS, MAX_DRAWS_LARGE, LARGE = 32, 4, 20_000_000  # ... within a budget of model builds
+SAME_AS_REPRESENTATIVE = None  # a copy's sample, when its init fill is its representative's
 EVIDENCE = 3.0  # the std must change by this many standard errors before the exponent is not 0
 
 
@@ -82,30 +86,44 @@ def _stats(factory, width: int, copies: dict) -> dict:
     """Moments of every parameter; small random tensors pooled over DRAWS independent builds
     (a copy's tensors: from a smaller sample, never pooled)."""
     samples = _draw(factory, width, SEED, copies)
-    small = [n for n, x in samples.items() if 1 < x.numel() < SMALL and x.std() > 0
-             and representative_of(n, copies) is None]
+    small = [n for n, x in samples.items() if x is not SAME_AS_REPRESENTATIVE and 1 < x.numel() < SMALL
+             and x.std() > 0 and representative_of(n, copies) is None]
     for seed in range(SEED + 1, SEED + _draws(samples, small)):
         extra = _draw(factory, width, seed, copies)
         for name in small:
             samples[name] = torch.cat([samples[name], extra[name]])
     with _single_thread():  # many tiny ops: threads only add contention
-        return {name: _moments(sample) for name, sample in samples.items()}
+        moments = {name: _moments(sample) for name, sample in samples.items() if sample is not SAME_AS_REPRESENTATIVE}
+    return {name: moments.get(name) or moments[representative_of(name, copies)] for name in samples}
 
 
 def _draws(samples: dict, small: list) -> int:
     if not small:
         return 1
-    budget = MAX_DRAWS_LARGE if sum(x.numel() for x in samples.values()) > LARGE else MAX_DRAWS
+    budget = MAX_DRAWS_LARGE if sum(x.numel() for x in samples.values() if x is not None) > LARGE else MAX_DRAWS
     return min(budget, math.ceil(POOLED / min(samples[n].numel() for n in small)))
 
 
 def _draw(factory, width: int, seed: int, copies: dict) -> dict:
+    """A sample of every parameter's entries; a copy whose init fill is its representative's
+    (passes/deferred_init.py: the same op with the same numbers) gets SAME_AS_REPRESENTATIVE."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(factory, width, device="cpu")
-    with torch.no_grad(), _single_thread():
-        return {name: _sample(param, COPY_SAMPLE if representative_of(name, copies) else SAMPLE)
-                for name, param in model.named_parameters()}
+        fills = Deferred()
+        with fills:
+            model = build_model(factory, width, device="cpu")
+        params = dict(model.named_parameters())
+        planned = {name: fills.fill_of(param) for name, param in params.items()}
+        samples = {}
+        with torch.no_grad(), _single_thread():
+            for name, param in params.items():
+                representative = representative_of(name, copies)
+                if representative is not None and planned[name] is not None and planned[name] == planned[representative]:
+                    samples[name] = SAME_AS_REPRESENTATIVE
+                    continue
+                fills.run(param)
+                samples[name] = _sample(param, SAMPLE if representative is None else COPY_SAMPLE)
+        return samples
 
 
 @contextlib.contextmanager

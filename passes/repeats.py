@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy as copying
 import enum
+import functools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -63,9 +64,12 @@ def find_repeats(model: nn.Module) -> dict:
 
 def representative_of(name: str, copies: dict) -> str | None:
     """The representative's name for a dotted name (parameter or module path) inside a copy."""
-    for copy_path, representative in copies.items():
-        if name == copy_path or name.startswith(copy_path + "."):
-            return representative + name[len(copy_path):]
+    end = len(name)
+    while end > 0:
+        representative = copies.get(name[:end])
+        if representative is not None:
+            return representative + name[end:]
+        end = name.rfind(".", 0, end)
     return None
 
 
@@ -170,7 +174,7 @@ def stubbed(model: nn.Module, copies: dict, positions: dict | None = None):
     for copy_path, representative in copies.items():
         parent, _, name = copy_path.rpartition(".")
         container = modules[parent]
-        stub = _Stub(modules[copy_path], _passthrough(copy_path, representative, seen,
+        stub = _stub(modules[copy_path], _passthrough(copy_path, representative, seen,
                                                       {} if positions is None else positions))
         container._modules[name] = stub
         restore.append(lambda container=container, name=name, original=modules[copy_path]:
@@ -190,13 +194,9 @@ def _set_forward(module: nn.Module, forward) -> None:
 
 
 class _Stub(nn.Module):
-    """Stands in for a copy: its forward passes through; its plain attributes are the copy's
+    """Stands in for a copy, as an instance of the copy's own class (a model may test
+    `isinstance(layer, ...)`): its forward passes through, its plain attributes are the copy's
     (a model may read `layer.attention_type`), its tensors and submodules are not there."""
-
-    def __init__(self, original: nn.Module, forward):
-        super().__init__()
-        object.__setattr__(self, "_original", original)
-        object.__setattr__(self, "_passthrough", forward)
 
     def forward(self, *args, **kwargs):
         return self._passthrough(*args, **kwargs)
@@ -206,6 +206,19 @@ class _Stub(nn.Module):
         if isinstance(value, (torch.Tensor, nn.Module)):
             raise StubError(f"the model reads {name} of a repeated block outside the block's forward")
         return value
+
+
+@functools.cache
+def _stub_class(cls: type) -> type:
+    return type(f"PassedThrough{cls.__name__}", (_Stub, cls), {})
+
+
+def _stub(original: nn.Module, forward) -> nn.Module:
+    stub = _stub_class(type(original)).__new__(_stub_class(type(original)))
+    nn.Module.__init__(stub)  # not the copy's own __init__: no tensors, no submodules
+    object.__setattr__(stub, "_original", original)
+    object.__setattr__(stub, "_passthrough", forward)
+    return stub
 
 
 def _recording(module: nn.Module, path: str, seen: dict):

@@ -60,8 +60,11 @@ def assert_same_plan(shared: Plan, every: Plan) -> None:
     a, b = canonical(shared), canonical(every)
     assert a["plan"] == b["plan"]
     for name, std in b["stds"].items():
+        # two estimates of one distribution: 65536 entries give the std to ~0.3%, a small tensor's
+        # pooled ~512 entries to ~3% (passes/init_scan.py)
+        tolerance = 0.05 if math.prod(every.parameters[name].shape) >= 4096 else 0.25
         for key in ("before", "after"):
-            assert math.isclose(a["stds"][name][key], std[key], rel_tol=0.05, abs_tol=1e-12), (name, key)
+            assert math.isclose(a["stds"][name][key], std[key], rel_tol=tolerance, abs_tol=1e-12), (name, key)
 
 
 def _both(factory, inputs, base, delta, target, **kwargs):

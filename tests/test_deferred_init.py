@@ -1,0 +1,58 @@
+"""A model built with its init fills deferred is the model its factory builds: whatever the build
+computes from its weights sees them filled, a fill of part of a tensor sees the whole tensor's
+fill first, and the statistics init_scan reads equal those of an eager build within sampling
+error; a repeated block's copy drawn alike is never filled."""
+
+import importlib
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from muprewrite.passes.deferred_init import Deferred
+from muprewrite.passes.init_scan import scan_init
+from muprewrite.passes.repeats import find_repeats
+from muprewrite.widths import Widths
+
+
+class ReadsItsWeights(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.embed = nn.Embedding(10, width, padding_idx=0)  # normal_, then row 0 zeroed through a view
+        self.proj = nn.Linear(width, width)
+        nn.init.constant_(self.proj.weight, 0.5)
+        self.register_buffer("norm", self.proj.weight.detach().sum())  # computed from a filled weight
+
+
+def test_what_the_build_reads_is_filled():
+    torch.manual_seed(0)
+    with Deferred() as fills:
+        model = ReadsItsWeights(8)
+    assert float(model.norm) == 0.5 * 64
+    assert fills.fill_of(model.embed.weight) is None  # run when its row 0 was zeroed
+    assert torch.all(model.embed.weight[0] == 0) and model.embed.weight[1:].std() > 0.5
+    assert fills.fill_of(model.proj.bias)[0] == "aten.uniform_.default"  # still waiting: nothing read it
+    fills.run(model.proj.bias)
+    assert fills.fill_of(model.proj.bias) is None and model.proj.bias.abs().max() <= 1 / math.sqrt(8)
+
+
+def test_copies_drawn_alike_wait_for_the_same_fill():
+    with Deferred() as fills:
+        blocks = nn.ModuleList(nn.Linear(16, 16) for _ in range(3))
+    assert fills.fill_of(blocks[1].weight) == fills.fill_of(blocks[0].weight) is not None
+    assert fills.fill_of(blocks[2].weight) != fills.fill_of(nn.Linear(16, 32).weight)
+
+
+@pytest.mark.parametrize("name", ["gpt_sdpa", "mlp", "moe"])
+def test_init_scan_matches_an_eager_build(name):
+    module = importlib.import_module(name)
+    widths = Widths(module.BASE_WIDTH, 2 * module.BASE_WIDTH, module.TARGET_WIDTH)
+    copies = find_repeats(module.make_model(widths.base))
+    stats = scan_init(module.make_model, widths, copies)
+    torch.manual_seed(123)
+    eager = dict(module.make_model(widths.base).named_parameters())
+    for name_, entry in stats.items():
+        std = float(eager[name_].detach().double().std()) if eager[name_].numel() > 1 else 0.0
+        tolerance = 0.1 if eager[name_].numel() >= 4096 else 0.5
+        assert math.isclose(entry.base_std, std, rel_tol=tolerance, abs_tol=1e-9), name_
