@@ -63,7 +63,16 @@ def find_repeats(model: nn.Module) -> dict:
 
 
 def representative_of(name: str, copies: dict) -> str | None:
-    """The representative's name for a dotted name (parameter or module path) inside a copy."""
+    """The name in the captured graph of a dotted name (parameter or module path) inside a copy:
+    its representative's (that of the representative's own representative, for a copy inside a
+    representative); None outside every copy."""
+    found = None
+    while (resolved := _one_level(name, copies)) is not None:
+        found = name = resolved
+    return found
+
+
+def _one_level(name: str, copies: dict) -> str | None:
     end = len(name)
     while end > 0:
         representative = copies.get(name[:end])
@@ -271,28 +280,30 @@ def _output(path: str, source: tuple, leaves: list):
 
 def stamp(plan, copies: dict, order: list):
     """`plan` (made from a graph holding each distinct block once) with every copy's parameters,
-    uses, edits and warnings, named as the copy; parameters in `order` (the model's own)."""
-    if not copies:
-        return plan
-    by_representative = {}
-    for copy_path, representative in copies.items():
-        by_representative.setdefault(representative, []).append(copy_path)
+    uses, edits and warnings, named as the copy; parameters in `order` (the model's own). Copies
+    inside a representative first, so a copy of that representative gets theirs too."""
+    rank = {name: i for i, name in enumerate(order)}
+    for representative in sorted(set(copies.values()), key=lambda path: path.count("."), reverse=True):
+        _stamp_block(plan, {representative: [c for c, r in copies.items() if r == representative]}, rank)
+    plan.parameters = dict(sorted(plan.parameters.items(), key=lambda item: rank.get(item[0], len(rank))))
+    plan.repeats = dict(copies)
+    return plan
+
+
+def _stamp_block(plan, by_representative: dict, rank: dict) -> None:
+    (representative, copy_paths), = by_representative.items()
     parameters = {}
     for name, entry in plan.parameters.items():
-        representative = _owner(name, by_representative)
-        if representative is None:
+        if not _inside(name, representative):
             parameters[name] = _with_copied_uses(entry, by_representative)
             continue
         parameters[name] = entry
-        for copy_path in by_representative[representative]:
+        for copy_path in copy_paths:
             parameters[_renamed(name, representative, copy_path)] = _renamed_param(entry, representative, copy_path)
-    rank = {name: i for i, name in enumerate(order)}
-    plan.parameters = dict(sorted(parameters.items(), key=lambda item: rank.get(item[0], len(rank))))
+    plan.parameters = parameters
     plan.edits = _stamped_edits(plan.edits, by_representative)
     for warning in plan.warnings:
         _stamp_warning(warning, by_representative, rank)
-    plan.repeats = dict(copies)
-    return plan
 
 
 def _owner(name: str, by_representative: dict) -> str | None:
@@ -366,9 +377,9 @@ def _stamp_warning(warning, by_representative: dict, rank: dict) -> None:
             if location is None:
                 subjects.append(_renamed(subject, representative, copy_path))
                 continue
-            subjects.append(f"{subject}@{copy_path}")
-            warning.locations[subjects[-1]] = {**location,
-                                               "module": _renamed(location["module"], representative, copy_path)}
+            module = _renamed(location["module"], representative, copy_path)
+            subjects.append(f"{subject.split('@')[0]}@{module}")
+            warning.locations[subjects[-1]] = {**location, "module": module}
     if warning.subjects == sorted(warning.subjects):
         subjects.sort()
     elif all(subject in rank for subject in subjects):
@@ -378,8 +389,8 @@ def _stamp_warning(warning, by_representative: dict, rank: dict) -> None:
 
 def copies_ops_before(flow, node: str, scope: str, same_family) -> int:
     """How many ops `same_family(n)` the copies inside the module at `scope` run, in the call of
-    it that runs `node`, before `node` (each as many as its representative): what a graph of
-    every block would count among the scope's ops before `node`."""
+    it that runs `node`, before `node` (each as many as its representative, copies inside it
+    included): what a graph of every block would count among the scope's ops before `node`."""
     copies, positions = flow.captures.repeats, flow.captures.copy_positions
     inside = [c for c in copies if c != scope and (scope == "" or c.startswith(scope + "."))]
     if not inside:
@@ -388,15 +399,17 @@ def copies_ops_before(flow, node: str, scope: str, same_family) -> int:
     call = flow.call(node, scope)
     start = min(order[n] for n in flow.graph.nodes if flow.in_scope(n, scope) and flow.call(n, scope) == call)
     counts = {}
-    total = 0
-    for copy_path in inside:
-        if start <= order[positions[copy_path]] < order[node]:
-            representative = copies[copy_path]
-            if representative not in counts:
-                counts[representative] = sum(1 for n in flow.graph.nodes
-                                             if flow.in_scope(n, representative) and same_family(n))
-            total += counts[representative]
-    return total
+    return sum(_ops_in(flow, copies[c], same_family, counts) for c in inside
+               if start <= order[positions[c]] < order[node])
+
+
+def _ops_in(flow, path: str, same_family, counts: dict) -> int:
+    """Ops `same_family(n)` of the module at `path` in a graph of every block."""
+    if path not in counts:
+        copies = flow.captures.repeats
+        counts[path] = sum(1 for n in flow.graph.nodes if flow.in_scope(n, path) and same_family(n)) + sum(
+            _ops_in(flow, copies[c], same_family, counts) for c in copies if c.startswith(path + "."))
+    return counts[path]
 
 
 def unlike_copies(copies: dict, measured) -> set:

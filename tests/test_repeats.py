@@ -41,7 +41,9 @@ def canonical(plan: Plan) -> dict:
         for use in entry["uses"]:
             use.pop("node")
     for edit in data["edits"]:
-        edit.pop("node")
+        node = edit.pop("node")
+        if "error" in (edit.get("fold") or {}):  # why it cannot be folded names the edit's node
+            edit["fold"]["error"] = edit["fold"]["error"].replace(f"({node})", "(<node>)")
         for place in (edit.get("fold") or {}).get("into", []):
             place.pop("node", None)
         if edit.get("frozen_constant"):
@@ -253,3 +255,30 @@ def test_a_copy_that_computes_otherwise_fails_verification():
     result = muprewrite.mupify(lambda w: Stack(w, block=Indexed), base=16, target=128, example_inputs=IDS,
                                materialize=False, share_blocks=False)
     assert result.report.verification["copies"] == 0
+
+
+def test_copies_inside_a_representative_are_stamped_into_each_copy_of_it():
+    class Nested(nn.Module):  # MobileBERT's stack of FFNs inside each layer
+        def __init__(self, width, index=0):
+            super().__init__()
+            self.ffn = nn.ModuleList(Block(width, i) for i in range(3))
+
+        def forward(self, x):
+            for block in self.ffn:
+                x = block(x)
+            return x
+
+    class TiedHead(Stack):  # a readout in the root's own forward, after every block
+        def forward(self, ids):
+            x = self.embed(ids)
+            for block in self.blocks:
+                x = block(x)
+            return torch.nn.functional.linear(x, self.embed.weight)
+
+    make = lambda w: TiedHead(w, blocks=3, block=Nested)  # noqa: E731
+    assert find_repeats(make(16)) == {"blocks.0.ffn.1": "blocks.0.ffn.0", "blocks.0.ffn.2": "blocks.0.ffn.0",
+                                      "blocks.1": "blocks.0", "blocks.2": "blocks.0"}
+    shared, every = _plans(make)
+    assert_same_plan(shared, every)
+    result = muprewrite.mupify(make, base=16, target=128, example_inputs=IDS, materialize=False)
+    assert result.report.verification["copies"] == 4
