@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from .passes.fold import unfold
 from .passes.init_scan import scan_init
 from .passes.lint import lint
 from .passes.realize import REALIZED_FLAG, realize
-from .passes.repeats import find_repeats, stamp, unlike_copies
+from .passes.repeats import StubError, find_repeats, stamp, unlike_copies
 from .passes.rewrite import graph_diff
 from .passes.roles import classify_uses
 from .passes.verify import verify
@@ -96,19 +97,32 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
     # The analysis must not consume the caller's RNG: the returned model is initialised exactly
     # as `factory(target)` would be right now (bit for bit the original at base width).
     with _Steps(progress) as step, torch.random.fork_rng(devices=[]):
-        analysis = analyse(factory, example_inputs, widths, step, share_blocks)
-        plan = _finished(analysis.plan(parametrization, options, "target"), factory, analysis.flow, families)
-        step("rewriting the graph")
-        diff = graph_diff(analysis.flow.modules["target"], plan)
-        verification = None
-        if verify_width:
-            step(f"verifying at width {widths.delta}")
-            delta_plan = analysis.plan(parametrization, options, "delta")
-            verification = {"width": widths.delta, **verify(factory, analysis.inputs, delta_plan, widths.delta)}
+        compile_ = functools.partial(_compiled, factory, example_inputs, widths, step, parametrization, options,
+                                     families, verify_width)
+        try:
+            plan, diff, verification = compile_(share_blocks)
+        except StubError as exc:  # the copies could not be checked against their representative
+            plan, diff, verification = compile_(False)
+            plan.notes.append(f"every repeated block analysed: with each distinct block once, verification found "
+                              f"{exc}")
     model = realize(build_model(factory, target), plan, reinit=True) if materialize else None
     origin = {"factory": f"{getattr(factory, '__module__', '')}.{getattr(factory, '__name__', 'make_model')}",
               "materialized": materialize}
     return Result(model=model, plan=plan, report=Report(plan, diff, verification, origin=origin))
+
+
+def _compiled(factory, example_inputs, widths: Widths, step, parametrization, options, families, verify_width,
+              share_blocks: bool) -> tuple:
+    """(plan at the target, the graph diff, the verification at delta or None)."""
+    analysis = analyse(factory, example_inputs, widths, step, share_blocks)
+    plan = _finished(analysis.plan(parametrization, options, "target"), factory, analysis.flow, families)
+    step("rewriting the graph")
+    diff = graph_diff(analysis.flow.modules["target"], plan)
+    if not verify_width:
+        return plan, diff, None
+    step(f"verifying at width {widths.delta}")
+    delta_plan = analysis.plan(parametrization, options, "delta")
+    return plan, diff, {"width": widths.delta, **verify(factory, analysis.inputs, delta_plan, widths.delta)}
 
 
 @dataclass

@@ -89,14 +89,16 @@ def to_device(inputs, device):
 def capture(factory, inputs, widths: Widths, copies: dict | None = None) -> Captures:
     """Export the model at base, delta and target width, falling back as the failures call for;
     with `copies`, each repeated block once (every block when that cannot be, noted)."""
-    if copies:
-        try:
-            return _capture(factory, inputs, widths, copies)
-        except (StubError, CaptureError) as exc:
-            captures = _capture(factory, inputs, widths, {})
-            captures.notes.append(f"every repeated block captured: with each distinct block once, {_first_line(exc)}")
-            return captures
-    return _capture(factory, inputs, widths, {})
+    if not copies:
+        return _capture(factory, inputs, widths, {})
+    try:
+        return _capture(factory, inputs, widths, copies)
+    except (StubError, CaptureError) as exc:
+        reason = _first_line(exc)
+    # outside the except clause: a failure of this capture must not carry the one above as its context
+    captures = _capture(factory, inputs, widths, {})
+    captures.notes.append(f"every repeated block captured: with each distinct block once, {reason}")
+    return captures
 
 
 def _capture(factory, inputs, widths: Widths, copies: dict) -> Captures:

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 import muprewrite
-from muprewrite.errors import VerificationError
-from muprewrite.passes.repeats import find_repeats
+from muprewrite.passes.repeats import StubError, find_repeats
 from muprewrite.plan import Plan
 
 EXAMPLES = ["mlp", "cnn", "einsum_attention", "gpt_heads", "gpt_manual", "gpt_sdpa", "gpt_tied", "moe",
@@ -238,7 +237,7 @@ def test_a_parameter_shared_by_every_block_gets_every_use():
     assert_same_plan(shared, every)
 
 
-def test_a_copy_that_computes_otherwise_fails_verification():
+def test_a_copy_that_computes_otherwise_is_analysed_as_itself():
     table = {0: 1.0, 1: 1.0, 2: 3.0, 3: 1.0}  # shared by every block, so not in the signature
 
     class Indexed(Block):
@@ -249,12 +248,17 @@ def test_a_copy_that_computes_otherwise_fails_verification():
         def forward(self, x):
             return super().forward(x) * self.table[self.layer_idx]
 
-    with pytest.raises(VerificationError, match="blocks.2 computes something else than blocks.0"):
-        muprewrite.mupify(lambda w: Stack(w, block=Indexed), base=16, target=128, example_inputs=IDS,
-                          materialize=False)
-    result = muprewrite.mupify(lambda w: Stack(w, block=Indexed), base=16, target=128, example_inputs=IDS,
-                               materialize=False, share_blocks=False)
-    assert result.report.verification["copies"] == 0
+    from muprewrite.passes.verify import verify
+    make = lambda w: Stack(w, block=Indexed)  # noqa: E731
+    shared = muprewrite.analyse_widths(make, base=16, target=128, example_inputs=IDS).plan(at="delta")
+    with pytest.raises(StubError, match="blocks.2 computing something else than blocks.0"):
+        verify(make, IDS, shared, 32)
+    result = muprewrite.mupify(make, base=16, target=128, example_inputs=IDS, materialize=False)
+    assert result.plan.repeats == {} and result.report.verification["copies"] == 0
+    assert any("every repeated block analysed" in note and "blocks.2 computing something else" in note
+               for note in result.plan.notes)
+    every = muprewrite.mupify(make, base=16, target=128, example_inputs=IDS, materialize=False, share_blocks=False)
+    assert_same_plan(result.plan, every.plan)
 
 
 def test_copies_inside_a_representative_are_stamped_into_each_copy_of_it():
