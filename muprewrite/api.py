@@ -26,7 +26,9 @@ from .passes.fold import unfold
 from .passes.init_scan import scan_init
 from .passes.lint import lint
 from .passes.realize import REALIZED_FLAG, realize
-from .passes.repeats import StubError, find_repeats, stamp, unlike_copies
+from .passes.passthrough import StubError
+from .passes.repeats import find_repeats, unlike_copies
+from .passes.stamp import stamp
 from .passes.rewrite import graph_diff
 from .passes.roles import classify_uses
 from .passes.verify import verify

@@ -37,8 +37,10 @@ from torch.utils._pytree import tree_map
 
 from ..errors import CaptureError, MuRewriteError
 from ..widths import WIDTH_NAMES, Widths
-from .capture_failures import Failure, Strategy, capture_error, describe_failure, fallback_note, next_strategy, user_location
-from .repeats import StubError, find_repeats, stubbed
+from .capture_failures import (Failure, Strategy, capture_error, describe_failure, exception_chain, fallback_note, first_line,
+                               next_strategy, user_location)
+from .passthrough import StubError, stubbed
+from .repeats import find_repeats
 
 @dataclass
 class Captures:
@@ -94,7 +96,7 @@ def capture(factory, inputs, widths: Widths, copies: dict | None = None) -> Capt
     try:
         return _capture(factory, inputs, widths, copies)
     except (StubError, CaptureError) as exc:
-        reason = _first_line(exc)
+        reason = first_line(exc)
     # outside the except clause: a failure of this capture must not carry the one above as its context
     captures = _capture(factory, inputs, widths, {})
     captures.notes.append(f"every repeated block captured: with each distinct block once, {reason}")
@@ -122,19 +124,9 @@ def _capture(factory, inputs, widths: Widths, copies: dict) -> Captures:
                         copy_positions=positions, parameter_order=[name for name, _ in model.named_parameters()])
 
 
-def _stub_error(exc: BaseException | None) -> StubError | None:
+def _stub_error(exc: BaseException) -> StubError | None:
     """The StubError behind an export failure (torch.export may wrap what the forward raised)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, StubError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return next((e for e in exception_chain(exc) if isinstance(e, StubError)), None)
 
 
 def export_model(model: nn.Module, inputs, device) -> torch.export.ExportedProgram:

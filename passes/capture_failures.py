@@ -64,7 +64,7 @@ class Failure(Exception):
 
 def classify_failure(exc: BaseException) -> str:
     """What kind of problem made torch.export fail: one of the cause constants above."""
-    chain = list(_exception_chain(exc))
+    chain = list(exception_chain(exc))
     text = " ".join(str(e) for e in chain)
     if any(isinstance(e, _DATA_DEPENDENT_ERRORS) for e in chain) or _DATA_ACCESS.search(text):
         return DATA_DEPENDENT
@@ -160,7 +160,7 @@ _ADVICE = {
 }
 
 
-def _exception_chain(exc: BaseException | None):
+def exception_chain(exc: BaseException | None):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -168,23 +168,23 @@ def _exception_chain(exc: BaseException | None):
         exc = exc.__cause__ or exc.__context__
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _reason(exc: BaseException) -> str:
     """The first line of the error, in words where torch's own is only a name."""
-    unsupported = next((e for e in _exception_chain(exc) if isinstance(e, UnsupportedOperatorException)), None)
+    unsupported = next((e for e in exception_chain(exc) if isinstance(e, UnsupportedOperatorException)), None)
     if unsupported is not None:
         return f"op {unsupported.func} has no fake (meta) kernel"
-    return _first_line(exc)
+    return first_line(exc)
 
 
 def _user_frame(exc: BaseException):
     """The innermost frame of the user's code in the traceback (following re-raises), or None."""
     frames = []
-    for link in _exception_chain(exc):  # torch often re-raises: the user's frame may sit in the cause
+    for link in exception_chain(exc):  # torch often re-raises: the user's frame may sit in the cause
         frames = traceback.extract_tb(link.__traceback__) + frames
     own = [f for f in frames if not _is_library(f.filename)]
     return own[-1] if own else None

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 import muprewrite
-from muprewrite.passes.repeats import StubError, find_repeats
+from muprewrite.passes.passthrough import StubError
+from muprewrite.passes.repeats import find_repeats
 from muprewrite.plan import Plan
 
 EXAMPLES = ["mlp", "cnn", "einsum_attention", "gpt_heads", "gpt_manual", "gpt_sdpa", "gpt_tied", "moe",

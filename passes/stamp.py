@@ -1,0 +1,124 @@
+"""stamp: the representative's plan entries written onto every copy of a repeated block.
+
+Reads:  a `Plan` made from a graph holding each distinct block once, the copies
+        (passes/repeats.py) and the model's parameter order.
+Writes: the same plan with every copy's parameters, uses, edits and warnings under the copy's
+        names (a copy's entries name its representative's graph nodes), in the model's order,
+        and `plan.repeats`.
+"""
+
+from __future__ import annotations
+
+import copy as copying
+
+from .repeats import inside
+
+
+
+def stamp(plan, copies: dict, order: list):
+    """`plan` (made from a graph holding each distinct block once) with every copy's parameters,
+    uses, edits and warnings, named as the copy; parameters in `order` (the model's own). Copies
+    inside a representative first, so a copy of that representative gets theirs too."""
+    rank = {name: i for i, name in enumerate(order)}
+    for representative in sorted(set(copies.values()), key=lambda path: path.count("."), reverse=True):
+        _stamp_block(plan, {representative: [c for c, r in copies.items() if r == representative]}, rank)
+    plan.parameters = dict(sorted(plan.parameters.items(), key=lambda item: rank.get(item[0], len(rank))))
+    plan.repeats = dict(copies)
+    return plan
+
+
+def _stamp_block(plan, by_representative: dict, rank: dict) -> None:
+    (representative, copy_paths), = by_representative.items()
+    parameters = {}
+    for name, entry in plan.parameters.items():
+        if not inside(name, representative):
+            parameters[name] = _with_copied_uses(entry, by_representative)
+            continue
+        parameters[name] = entry
+        for copy_path in copy_paths:
+            parameters[_renamed(name, representative, copy_path)] = _renamed_param(entry, representative, copy_path)
+    plan.parameters = parameters
+    plan.edits = _stamped_edits(plan.edits, by_representative)
+    for warning in plan.warnings:
+        _stamp_warning(warning, by_representative, rank)
+
+
+def _owner(name: str, by_representative: dict) -> str | None:
+    return next((r for r in by_representative if inside(name, r)), None)
+
+
+def _renamed(name: str, representative: str, copy_path: str) -> str:
+    return copy_path + name[len(representative):] if inside(name, representative) else name
+
+
+def _renamed_param(entry, representative: str, copy_path: str):
+    entry = copying.deepcopy(entry)
+    entry.uses = [use for use in entry.uses if inside(use["module"], representative)]
+    entry.uses = [{**use, "module": _renamed(use["module"], representative, copy_path)} for use in entry.uses]
+    entry.aliases = [_renamed(alias, representative, copy_path) for alias in entry.aliases]
+    return entry
+
+
+def _with_copied_uses(entry, by_representative: dict):
+    """A parameter from outside the blocks used inside a representative is used inside each of
+    its copies as well."""
+    uses = []
+    for use in entry.uses:
+        uses.append(use)
+        representative = _owner(use["module"], by_representative)
+        if representative is not None:
+            uses += [{**use, "module": _renamed(use["module"], representative, c)} for c in by_representative[representative]]
+    entry.uses = uses
+    return entry
+
+
+def _stamped_edits(edits: list, by_representative: dict) -> list:
+    """Each run of consecutive edits inside one representative, followed by the same run for each
+    of its copies in order (the order a capture of every block gives)."""
+    stamped, run, run_of = [], [], None
+    for edit in edits + [None]:
+        owner = None if edit is None else _owner(edit.module, by_representative)
+        if run and owner != run_of:
+            stamped += [e for copy_path in by_representative[run_of] for e in _renamed_edits(run, run_of, copy_path)]
+            run = []
+        if edit is None:
+            break
+        stamped.append(edit)
+        if owner is not None:
+            run.append(edit)
+        run_of = owner
+    return stamped
+
+
+def _renamed_edits(run: list, representative: str, copy_path: str) -> list:
+    renamed = []
+    for edit in run:
+        edit = copying.deepcopy(edit)
+        edit.module = _renamed(edit.module, representative, copy_path)
+        edit.param = None if edit.param is None else _renamed(edit.param, representative, copy_path)
+        for place in (edit.fold or {}).get("into", []):
+            place["param"] = _renamed(place["param"], representative, copy_path)
+        renamed.append(edit)
+    return renamed
+
+
+def _stamp_warning(warning, by_representative: dict, rank: dict) -> None:
+    """A warning's subjects inside a representative, for each copy too: a parameter under the
+    copy's name, a graph node as "node@copy" located in the copy's module."""
+    subjects = []
+    for subject in warning.subjects:
+        subjects.append(subject)
+        location = warning.locations.get(subject)
+        representative = _owner(location["module"] if location else subject, by_representative)
+        for copy_path in by_representative.get(representative, []):
+            if location is None:
+                subjects.append(_renamed(subject, representative, copy_path))
+                continue
+            module = _renamed(location["module"], representative, copy_path)
+            subjects.append(f"{subject.split('@')[0]}@{module}")
+            warning.locations[subjects[-1]] = {**location, "module": module}
+    if warning.subjects == sorted(warning.subjects):
+        subjects.sort()
+    elif all(subject in rank for subject in subjects):
+        subjects.sort(key=rank.get)
+    warning.subjects = subjects
