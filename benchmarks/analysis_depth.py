@@ -4,10 +4,14 @@
 (LLaMA-70B); `make = muprewrite.hf.factory(config)`, base 128, delta 256, target = hidden. Each
 measurement is a fresh subprocess (the call, then again warm); imports come before the clock.
 
+- The inputs are `muprewrite.hf.example_inputs(make)`: read from the factory, not from a second
+  factory made from the config.
 - mup: base, delta and target models built on meta, `mup.set_base_shapes(target, base, delta=delta,
   do_assert=False)` (lm_head is an nn.Linear, not a MuReadout, so mup's assert would fail).
 - analysis: `mupify(make, base=128, delta=256, target=W, materialize=False, verify_width=False)`.
-- full: the same with `verify_width=True` (verification at delta width with real tensors).
+- full: the same with `verify_width=True` (verification at delta width with real tensors); the
+  seconds spent inside verify are timed in that call, so the verification share is verify's
+  seconds over the rest of the same call (no second process's noise in it).
 - analysis_every_block: analysis with `share_blocks=False`, every layer analysed (80 layers only
   with --every-block-80).
 
@@ -66,13 +70,28 @@ def run_mup(layers: int) -> dict:
 def run_mupify(layers: int, verify: bool, **options) -> dict:
     import muprewrite.hf
 
+    import muprewrite.api
+
     config = llama_config(layers)
     make = muprewrite.hf.factory(config)
-    inputs = muprewrite.hf.example_inputs(config)
-    plan = muprewrite.mupify(make, base=BASE, delta=DELTA, target=config.hidden_size, example_inputs=inputs,
-                             materialize=False, verify_width=verify, **options).plan
+    inputs = muprewrite.hf.example_inputs(make)
+    spent, verify_fn = [], muprewrite.api.verify
+
+    def timed_verify(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return verify_fn(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - start)
+
+    muprewrite.api.verify = timed_verify
+    try:
+        plan = muprewrite.mupify(make, base=BASE, delta=DELTA, target=config.hidden_size, example_inputs=inputs,
+                                 materialize=False, verify_width=verify, **options).plan
+    finally:
+        muprewrite.api.verify = verify_fn
     return {"n_parameters": len(plan.parameters), "n_edits": len(plan.edits), "notes": list(plan.notes),
-            "copies": len(plan.repeats)}
+            "copies": len(plan.repeats), "verify_s": sum(spent)}
 
 
 TASKS = {
@@ -100,6 +119,7 @@ def worker(name: str, layers: int) -> dict:
         start = time.perf_counter()
         record.update(TASKS[name](layers))
         record[f"{phase}_s"] = time.perf_counter() - start
+        record[f"{phase}_verify_s"] = record.pop("verify_s", 0.0)
         record[f"{phase}_peak_rss_gib"] = peak_rss_gib()
     return record
 
@@ -115,7 +135,7 @@ def spawn(name: str, layers: int = 0) -> dict:
 def median_record(runs: list) -> dict:
     """The first run's counts and notes, the median of every timing and RSS; the runs kept raw."""
     merged = dict(runs[0])
-    for key in ("cold_s", "warm_s", "cold_peak_rss_gib", "warm_peak_rss_gib"):
+    for key in ("cold_s", "warm_s", "cold_peak_rss_gib", "warm_peak_rss_gib", "cold_verify_s", "warm_verify_s"):
         merged[key] = statistics.median(r[key] for r in runs)
     merged["runs"] = runs
     return merged
@@ -149,19 +169,24 @@ def pair(row: dict, name: str, key: str = "s", digits: int = 1) -> str:
     return f"{row[name]['cold_' + key]:.{digits}f} / {row[name]['warm_' + key]:.{digits}f}"
 
 
-def ratio(row: dict, top: str, bottom: str, phase: str, minus_one: bool = False) -> float:
-    value = row[top][f"{phase}_s"] / row[bottom][f"{phase}_s"]
-    return value - 1 if minus_one else value
+def ratio(row: dict, top: str, bottom: str, phase: str) -> float:
+    return row[top][f"{phase}_s"] / row[bottom][f"{phase}_s"]
+
+
+def verification_share(row: dict, phase: str) -> float:
+    """verify's seconds in the full call over the rest of that call (its analysis)."""
+    full = row["full"]
+    return full[f"{phase}_verify_s"] / (full[f"{phase}_s"] - full[f"{phase}_verify_s"])
 
 
 def results_rows(results: dict) -> list:
     rows = []
     for layers, row in sorted(results.items()):
-        both = lambda top, bottom, minus=False: " / ".join(  # noqa: E731
-            f"{ratio(row, top, bottom, phase, minus):{'+.0%' if minus else '.2f'}}" for phase in PHASES)
+        over_mup = " / ".join(f"{ratio(row, 'analysis', 'mup', phase):.2f}" for phase in PHASES)
+        share = " / ".join(f"+{verification_share(row, phase):.0%}" for phase in PHASES)
         rows.append([f"{layers} x {CONFIGS[layers][0]}", row["analysis"]["n_parameters"], row["analysis"]["n_edits"],
-                     pair(row, "mup"), pair(row, "analysis"), both("analysis", "mup"), pair(row, "full"),
-                     both("full", "analysis", True), pair(row, "analysis_every_block"),
+                     pair(row, "mup"), pair(row, "analysis"), over_mup, pair(row, "full"), pair(row, "full", "verify_s"),
+                     share, pair(row, "analysis_every_block"),
                      pair(row, "analysis", "peak_rss_gib", 2), pair(row, "full", "peak_rss_gib", 2)])
     return rows
 
@@ -173,7 +198,7 @@ def verdict(value: float | None, limit: float, text: str) -> str:
 def target_rows(results: dict) -> list:
     """[target, cold verdict, warm verdict] for each target; n/a where the configs it needs were not run."""
     rss = lambda p: max(r["analysis"][f"{p}_peak_rss_gib"] for r in results.values())  # noqa: E731
-    share = lambda p: max(ratio(r, "full", "analysis", p, True) for r in results.values())  # noqa: E731
+    share = lambda p: max(verification_share(r, p) for r in results.values())  # noqa: E731
     checks = [  # (target key, label, format, configs needed, value of a phase)
         ("analysis_over_mup_80", "80 x 8192: analysis <= {:g} x mup", ".2f", {80},
          lambda p: ratio(results[80], "analysis", "mup", p)),
@@ -191,7 +216,7 @@ def markdown(env: dict, baseline: dict, results: dict) -> str:
     from _common import env_md, md_table
 
     headers = ["layers x hidden", "parameters", "edits", "mup s", "analysis s", "analysis / mup", "full s",
-               "verification share", "every block s", "analysis peak RSS GiB", "full peak RSS GiB"]
+               "verify s (in full)", "verification share", "every block s", "analysis peak RSS GiB", "full peak RSS GiB"]
     notes = [f"- {layers} layers, analysis: {'; '.join(row['analysis']['notes']) or 'no notes'}"
              for layers, row in sorted(results.items())]
     every = ("`every block`: analysis with `share_blocks=False` (every layer analysed, the behaviour before; the "
@@ -206,7 +231,8 @@ def markdown(env: dict, baseline: dict, results: dict) -> str:
         "`mup`: base, delta, target built on meta, `mup.set_base_shapes(target, base, delta=delta, do_assert=False)` "
         "(do_assert=False: lm_head is an nn.Linear, not a MuReadout, so mup's check fails). `analysis`: "
         "`mupify(..., materialize=False, verify_width=False)`; `full`: `verify_width=True` (verification at delta "
-        f"width, real tensors); verification share = (full - analysis) / analysis. {every} Peak RSS: `ru_maxrss` "
+        f"width, real tensors); `verify s`: the seconds spent inside verify in that full call; verification share = "
+        f"verify s / (full s - verify s), both from the same call. {every} Peak RSS: `ru_maxrss` "
         f"after the cold / the warm call (import-only baseline {baseline['peak_rss_gib']:.2f} GiB). Median of "
         f"{env['repeats']} subprocess(es) per cell.", "",
         md_table(headers, results_rows(results)), "", *notes, "",

@@ -23,6 +23,8 @@ from .passes.emit import build_optimizer, param_groups, write_artifacts
 from .passes.fold import compare_outputs, describe
 from .passes.fold import fold as fold_edits
 from .passes.fold import unfold
+from .passes.deferred_init import DeferredBuild, build_deferred
+from .passes.init_scan import SEED as INIT_SEED
 from .passes.init_scan import scan_init
 from .passes.lint import lint
 from .passes.realize import REALIZED_FLAG, realize
@@ -116,7 +118,7 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
 def _compiled(factory, example_inputs, widths: Widths, step, parametrization, options, families, verify_width,
               share_blocks: bool) -> tuple:
     """(plan at the target, the graph diff, the verification at delta or None)."""
-    analysis = analyse(factory, example_inputs, widths, step, share_blocks)
+    analysis = analyse(factory, example_inputs, widths, step, share_blocks, keep_delta_build=verify_width)
     plan = _finished(analysis.plan(parametrization, options, "target"), factory, analysis.flow, families)
     step("rewriting the graph")
     diff = graph_diff(analysis.flow.modules["target"], plan)
@@ -124,7 +126,8 @@ def _compiled(factory, example_inputs, widths: Widths, step, parametrization, op
         return plan, diff, None
     step(f"verifying at width {widths.delta}")
     delta_plan = analysis.plan(parametrization, options, "delta")
-    return plan, diff, {"width": widths.delta, **verify(factory, analysis.inputs, delta_plan, widths.delta)}
+    return plan, diff, {"width": widths.delta, **verify(factory, analysis.inputs, delta_plan, widths.delta,
+                                                         built=analysis.delta_build)}
 
 
 @dataclass
@@ -138,6 +141,7 @@ class Analysis:
     init: dict
     factory: object = None
     share_blocks: bool = True
+    delta_build: DeferredBuild | None = None  # the init scan's delta model, kept for verify to run
 
     def plan(self, parametrization: str = "mup", options: dict | None = None, at: str | int = "target") -> Plan:
         """The plan at `at`: a captured width's name ("base", "delta", "target"), or any width, where
@@ -195,14 +199,20 @@ def _check_parametrization(parametrization: str) -> None:
         raise MuRewriteError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
 
 
-def guess_inputs(factory, width: int):
-    """Example inputs read off the model's first layer, built on meta (on the CPU, at this small
-    width, when the model cannot be built on meta)."""
-    try:
-        model = build_model(factory, width, "meta")
-    except MuRewriteError:
-        model = build_model(factory, width, "cpu")
+def guess_inputs(factory, width: int, model: nn.Module | None = None):
+    """Example inputs read off the model's first layer: of `model` (built at `width`) if given, else
+    of the model built on meta (on the CPU, at this small width, when it cannot be built on meta)."""
+    if model is None:
+        model = _built_on_meta(factory, width) or build_model(factory, width, "cpu")
     return infer_example_inputs(model)
+
+
+def _built_on_meta(factory, width: int) -> nn.Module | None:
+    """The model at `width` on meta; None when it cannot be built there (capture then finds out why)."""
+    try:
+        return build_model(factory, width, "meta")
+    except MuRewriteError:
+        return None
 
 
 def model_notes(factory, flow: Dataflow) -> list:
@@ -216,33 +226,28 @@ def model_notes(factory, flow: Dataflow) -> list:
     return notes
 
 
-def analyse(factory, example_inputs, widths: Widths, step=lambda description: None, share_blocks: bool = True) -> Analysis:
-    """Run the analysis passes: repeated blocks, init scan, capture, dims, roles, attention."""
+def analyse(factory, example_inputs, widths: Widths, step=lambda description: None, share_blocks: bool = True,
+            keep_delta_build: bool = False) -> Analysis:
+    """Run the analysis passes: repeated blocks, init scan, capture, dims, roles, attention.
+    `keep_delta_build`: keep the init scan's model at delta width (Analysis.delta_build) for verify."""
     step("building example inputs")
-    inputs = example_inputs if example_inputs is not None else guess_inputs(factory, widths.base)
-    copies = _repeated_blocks(factory, widths.base) if share_blocks else {}
+    base_model = _built_on_meta(factory, widths.base)  # read here, then captured: one build
+    inputs = example_inputs if example_inputs is not None else guess_inputs(factory, widths.base, base_model)
+    copies = find_repeats(base_model) if share_blocks and base_model is not None else {}
     step("measuring the model's own init")
-    init = scan_init(factory, widths, copies)
+    delta_build = build_deferred(factory, widths.delta, INIT_SEED) if keep_delta_build else None
+    init = scan_init(factory, widths, copies, delta_build)
     unlike = unlike_copies(copies, init)
     copies = {c: r for c, r in copies.items() if c not in unlike}
     step("capturing the model at 3 widths")
-    captures = capture(factory, inputs, widths, copies)
+    captures = capture(factory, inputs, widths, copies, base_model)
     if unlike or captures.repeats != copies:  # blocks analysed apart need their own init, fully measured
-        init = scan_init(factory, widths, captures.repeats)
+        init = scan_init(factory, widths, captures.repeats, delta_build)
     captures.notes += _repeats_notes(captures.repeats, unlike)
     flow = analyse_dims(captures)
     step("classifying roles and attention")
     uses, sites = classify_uses(flow), find_attention(flow)
-    return Analysis(inputs, flow, uses, sites, init, factory, share_blocks)
-
-
-def _repeated_blocks(factory, width: int) -> dict:
-    """The repeated blocks of the model at `width` (none when it cannot be built on meta: capture
-    then finds out why)."""
-    try:
-        return find_repeats(build_model(factory, width, "meta"))
-    except MuRewriteError:
-        return {}
+    return Analysis(inputs, flow, uses, sites, init, factory, share_blocks, delta_build)
 
 
 def _repeats_notes(copies: dict, unlike: set) -> list:

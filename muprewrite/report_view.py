@@ -262,7 +262,7 @@ def verification_lines(verification: dict | None) -> list:
     else:
         lines = [f"Verified at width {v['width']}: realized model == edited graph "
                  f"(max |diff| outputs {v['outputs']:.2g}, gradients {v['gradients']:.2g})."]
-    noise = v.get("baseline", {})
+    noise = v.get("baseline") or {}  # None: not measured, the edited pair agreed to rounding
     if max(noise.values(), default=0.0) > 1e-6:
         lines.append(f"The model's own graph differs from its eager forward by {noise['outputs']:.2g} (outputs) / "
                      f"{noise.get('gradients', 0.0):.2g} (gradients) with no edit at all, so the edits were judged "

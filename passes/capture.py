@@ -88,13 +88,15 @@ def to_device(inputs, device):
     return tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, inputs)
 
 
-def capture(factory, inputs, widths: Widths, copies: dict | None = None) -> Captures:
+def capture(factory, inputs, widths: Widths, copies: dict | None = None, base_model: nn.Module | None = None) -> Captures:
     """Export the model at base, delta and target width, falling back as the failures call for;
-    with `copies`, each repeated block once (every block when that cannot be, noted)."""
+    with `copies`, each repeated block once (every block when that cannot be, noted). `base_model`:
+    the model already built on meta at base width, exported by the first attempt instead of a build
+    (a later attempt builds its own: an export may leave state behind in the model)."""
     if not copies:
-        return _capture(factory, inputs, widths, {})
+        return _capture(factory, inputs, widths, {}, base_model)
     try:
-        return _capture(factory, inputs, widths, copies)
+        return _capture(factory, inputs, widths, copies, base_model)
     except (StubError, CaptureError) as exc:
         reason = first_line(exc)
     # outside the except clause: a failure of this capture must not carry the one above as its context
@@ -103,11 +105,12 @@ def capture(factory, inputs, widths: Widths, copies: dict | None = None) -> Capt
     return captures
 
 
-def _capture(factory, inputs, widths: Widths, copies: dict) -> Captures:
+def _capture(factory, inputs, widths: Widths, copies: dict, base_model: nn.Module | None = None) -> Captures:
     strategy, failures = Strategy(), []
     while True:
         try:
-            programs, model, positions = _capture_widths(factory, inputs, widths, strategy, copies)
+            prebuilt = {} if failures else {"base": base_model}
+            programs, model, positions = _capture_widths(factory, inputs, widths, strategy, copies, prebuilt)
         except Failure as failure:
             stub = _stub_error(failure.exc)
             if stub is not None:
@@ -180,10 +183,10 @@ def split_inputs(inputs):
     return (inputs,), {}
 
 
-def _capture_widths(factory, inputs, widths: Widths, strategy: Strategy, copies: dict):
+def _capture_widths(factory, inputs, widths: Widths, strategy: Strategy, copies: dict, prebuilt: dict):
     programs, model, positions = {}, None, {}
     for name in WIDTH_NAMES:
-        model = _build(factory, widths[name], strategy, name)
+        model = prebuilt[name] if prebuilt.get(name) is not None else _build(factory, widths[name], strategy, name)
         positions = {}
         try:
             _check_copies(model, copies, widths[name])

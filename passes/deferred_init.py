@@ -10,14 +10,23 @@ init_scan builds its models so: a repeated block's copy whose fill is its repres
 drawn alike by construction and is never filled, and a first fill overwritten by a second (a
 Linear's kaiming init before the model's own normal init) costs nothing. A model built so is the
 model its factory builds, drawn from another part of the RNG stream (a skipped fill draws
-nothing): the same distributions, not the same numbers.
+nothing): the same distributions, not the same numbers. `build_deferred` builds one so and keeps
+the fills with it: verify runs the seed-0 delta build the init scan read (`DeferredBuild.finished`)
+instead of building that model again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from dataclasses import dataclass
+
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from .capture import build_model
 
 aten = torch.ops.aten
 FILLS = {aten.uniform_.default, aten.normal_.default, aten.fill_.Scalar, aten.zero_.default}
@@ -30,32 +39,97 @@ class Deferred(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.pending = {}  # storage address -> (fill, args, kwargs)
+        # storage address -> (fill_of, a weak reference to the tensor), for a tensor holding just that
+        # fill's draw (run by `run`); while the tensor lives, no other storage can have its address
+        self.drawn = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in FILLS and _whole(args[0]) and kwargs.get("generator") is None:
             self.pending[_key(args[0])] = (func, args, kwargs)
+            self.drawn.pop(_key(args[0]), None)
             return args[0]
         if func not in ALIASING:
             for tensor in _tensors(args, kwargs):
                 self.run(tensor)
+                self.drawn.pop(_key(tensor), None)  # the op may change it
         return func(*args, **kwargs)
 
     def fill_of(self, tensor: torch.Tensor):
         """(op, its numbers, shape, dtype) of the fill `tensor` waits for; None if it waits for none."""
         entry = self.pending.get(_key(tensor)) if tensor.numel() else None
-        if entry is None:
-            return None
-        func, args, kwargs = entry
-        return str(func), tuple(args[1:]), tuple(sorted(kwargs.items())), tuple(tensor.shape), tensor.dtype
+        return None if entry is None else _described(entry, tensor)
+
+    def take_draw(self, tensor: torch.Tensor, source: torch.Tensor) -> bool:
+        """Give `tensor`, waiting for a fill, `source`'s values instead of a draw of its own where
+        `source` waits for the same fill or holds just its draw (run outside the build, by `run`)."""
+        fill = self.fill_of(tensor)
+        drawn, alive = self.drawn.get(_key(source), (None, lambda: None))
+        if fill is None or fill not in (self.fill_of(source), drawn if alive() is not None else None):
+            return False
+        self.run(source)
+        del self.pending[_key(tensor)]
+        with torch.no_grad():
+            tensor.copy_(source)
+        return True
+
+    def run_all(self) -> None:
+        """Run every fill still waiting (in the order the build asked for them)."""
+        while self.pending:
+            func, args, kwargs = self.pending.pop(next(iter(self.pending)))
+            with torch.no_grad():
+                func(*args, **kwargs)
 
     def run(self, tensor: torch.Tensor) -> None:
         """Run the fill `tensor` waits for, if any (outside the mode, or inside an op it handles)."""
         entry = self.pending.pop(_key(tensor), None) if tensor.numel() else None
         if entry is not None:
             func, args, kwargs = entry
+            self.drawn[_key(tensor)] = (_described(entry, tensor), weakref.ref(args[0]))
             with torch.no_grad():  # an init, as nn.init runs it
                 func(*args, **kwargs)
+
+
+@dataclass
+class DeferredBuild:
+    """A model built with its init fills deferred, the fills it still waits for, and its own RNG
+    stream (where the build left it): fills run from it, whatever the caller's RNG does between."""
+
+    model: nn.Module
+    fills: Deferred
+    rng: torch.Tensor
+
+    @contextlib.contextmanager
+    def stream(self):
+        """Fills run inside draw from the build's stream, which then goes on from there."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng)
+            yield self.fills
+            self.rng = torch.get_rng_state()
+
+    def finished(self, alike=()) -> nn.Module:
+        """The model with every waiting fill run; `alike`: (tensor, source) pairs, each tensor taking
+        its source's values where it waits for the fill the source's draw is (`Deferred.take_draw`)."""
+        with self.stream() as fills:
+            for tensor, source in alike:
+                fills.take_draw(tensor, source)
+            fills.run_all()
+        return self.model
+
+
+def build_deferred(factory, width: int, seed: int) -> DeferredBuild:
+    """`factory(width)` on the CPU, built with `seed` and its init fills deferred."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fills = Deferred()
+        with fills:
+            model = build_model(factory, width, device="cpu")
+        return DeferredBuild(model, fills, torch.get_rng_state())
+
+
+def _described(entry: tuple, tensor: torch.Tensor) -> tuple:
+    func, args, kwargs = entry
+    return str(func), tuple(args[1:]), tuple(sorted(kwargs.items())), tuple(tensor.shape), tensor.dtype
 
 
 def _tensors(args, kwargs):

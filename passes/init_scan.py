@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..widths import Widths
-from .capture import build_model
-from .deferred_init import Deferred
+from .deferred_init import DeferredBuild, build_deferred
 from .repeats import representative_of
 
 SEED = 0
@@ -57,10 +56,12 @@ class InitStats:
         return self.base_std * ratio**self.exponent
 
 
-def scan_init(factory, widths: Widths, copies: dict | None = None) -> dict:
+def scan_init(factory, widths: Widths, copies: dict | None = None, built: DeferredBuild | None = None) -> dict:
+    """`built`: the seed-SEED build at delta width, made by the caller to run it afterwards (verify):
+    read instead of building it again (the tensors sampled are filled, the rest still wait)."""
     copies = copies or {}
     base = _stats(factory, widths.base, copies)
-    delta = _stats(factory, widths.delta, copies)
+    delta = _stats(factory, widths.delta, copies, built)
     ratio = widths.delta / widths.base
     stats = {}
     for name, b in base.items():
@@ -82,14 +83,14 @@ class _Moments:
     mean: float = 0.0
 
 
-def _stats(factory, width: int, copies: dict) -> dict:
+def _stats(factory, width: int, copies: dict, built: DeferredBuild | None = None) -> dict:
     """Moments of every parameter; small random tensors pooled over DRAWS independent builds
     (a copy's tensors: from a smaller sample, never pooled)."""
-    samples = _draw(factory, width, SEED, copies)
+    samples = _draw(built or build_deferred(factory, width, SEED), copies)
     small = [n for n, x in samples.items() if x is not SAME_AS_REPRESENTATIVE and 1 < x.numel() < SMALL
              and x.std() > 0 and representative_of(n, copies) is None]
     for seed in range(SEED + 1, SEED + _draws(samples, small)):
-        extra = _draw(factory, width, seed, copies)
+        extra = _draw(build_deferred(factory, width, seed), copies)
         for name in small:
             samples[name] = torch.cat([samples[name], extra[name]])
     with _single_thread():  # many tiny ops: threads only add contention
@@ -104,26 +105,21 @@ def _draws(samples: dict, small: list) -> int:
     return min(budget, math.ceil(POOLED / min(samples[n].numel() for n in small)))
 
 
-def _draw(factory, width: int, seed: int, copies: dict) -> dict:
+def _draw(built: DeferredBuild, copies: dict) -> dict:
     """A sample of every parameter's entries; a copy whose init fill is its representative's
     (passes/deferred_init.py: the same op with the same numbers) gets SAME_AS_REPRESENTATIVE."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fills = Deferred()
-        with fills:
-            model = build_model(factory, width, device="cpu")
-        params = dict(model.named_parameters())
-        planned = {name: fills.fill_of(param) for name, param in params.items()}
-        samples = {}
-        with torch.no_grad(), _single_thread():
-            for name, param in params.items():
-                representative = representative_of(name, copies)
-                if representative is not None and planned[name] is not None and planned[name] == planned[representative]:
-                    samples[name] = SAME_AS_REPRESENTATIVE
-                    continue
-                fills.run(param)
-                samples[name] = _sample(param, SAMPLE if representative is None else COPY_SAMPLE)
-        return samples
+    params = dict(built.model.named_parameters())
+    planned = {name: built.fills.fill_of(param) for name, param in params.items()}
+    samples = {}
+    with torch.no_grad(), _single_thread(), built.stream() as fills:
+        for name, param in params.items():
+            representative = representative_of(name, copies)
+            if representative is not None and planned[name] is not None and planned[name] == planned[representative]:
+                samples[name] = SAME_AS_REPRESENTATIVE
+                continue
+            fills.run(param)
+            samples[name] = _sample(param, SAMPLE if representative is None else COPY_SAMPLE)
+    return samples
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """A model built with its init fills deferred is the model its factory builds: whatever the build
 computes from its weights sees them filled, a fill of part of a tensor sees the whole tensor's
 fill first, and the statistics init_scan reads equal those of an eager build within sampling
-error; a repeated block's copy drawn alike is never filled."""
+error; a repeated block's copy drawn alike is never filled, and where verify finishes the build
+it takes its representative's draw."""
 
 import importlib
 import math
@@ -10,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from muprewrite.passes.deferred_init import Deferred
-from muprewrite.passes.init_scan import scan_init
+from muprewrite.passes.deferred_init import Deferred, build_deferred
+from muprewrite.passes.init_scan import SEED, scan_init
 from muprewrite.passes.repeats import find_repeats
 from muprewrite.widths import Widths
 
@@ -56,3 +57,37 @@ def test_init_scan_matches_an_eager_build(name):
         std = float(eager[name_].detach().double().std()) if eager[name_].numel() > 1 else 0.0
         tolerance = 0.1 if eager[name_].numel() >= 4096 else 0.5
         assert math.isclose(entry.base_std, std, rel_tol=tolerance, abs_tol=1e-9), name_
+
+
+class TouchesItsFirstBlock(nn.Module):
+    """Three identical blocks; the build scales block 0's weight after its fill (block 0 holds more
+    than its fill's draw, so no block may take its values)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(3))
+        with torch.no_grad():
+            self.blocks[0].bias.mul_(2.0)
+
+
+def test_a_copy_takes_its_representatives_draw_only_where_that_is_just_the_same_fill():
+    build = build_deferred(TouchesItsFirstBlock, 16, seed=0)
+    model, fills = build.model, build.fills
+    with build.stream():
+        fills.run(model.blocks[0].weight)  # drawn outside the build, as the init scan samples
+    first = model.blocks[0]
+    alike = [(model.blocks[i].weight, first.weight) for i in (1, 2)] + [(model.blocks[1].bias, first.bias)]
+    build.finished(alike)
+    assert torch.equal(model.blocks[1].weight, first.weight) and torch.equal(model.blocks[2].weight, first.weight)
+    assert not torch.equal(model.blocks[1].bias, first.bias)  # block 0's bias was changed after its draw
+    assert not torch.equal(model.blocks[2].bias, model.blocks[1].bias)  # each drew its own
+    assert fills.pending == {}
+
+
+def test_the_init_scan_reads_a_build_it_is_given_as_it_would_its_own():
+    module = importlib.import_module("gpt_sdpa")
+    widths = Widths(module.BASE_WIDTH, 2 * module.BASE_WIDTH, module.TARGET_WIDTH)
+    copies = find_repeats(module.make_model(widths.base))
+    given = build_deferred(module.make_model, widths.delta, seed=SEED)
+    assert scan_init(module.make_model, widths, copies, given) == scan_init(module.make_model, widths, copies)
+    assert given.fills.pending  # the copies drawn alike still wait: verify fills them
