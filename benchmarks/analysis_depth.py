@@ -6,7 +6,8 @@ measurement is a fresh subprocess (the call, then again warm); imports come befo
 
 - The inputs are `muprewrite.hf.example_inputs(make)`: read from the factory, not from a second
   factory made from the config.
-- mup: base, delta and target models built on meta, `mup.set_base_shapes(target, base, delta=delta,
+- mup: base, delta and target models built on meta (`with torch.device("meta"): make(width)`, as a
+  mup user builds them), `mup.set_base_shapes(target, base, delta=delta,
   do_assert=False)` (lm_head is an nn.Linear, not a MuReadout, so mup's assert would fail).
 - analysis: `mupify(make, base=128, delta=256, target=W, materialize=False, verify_width=False)`.
 - full: the same with `verify_width=True` (verification at delta width with real tensors); the
@@ -56,12 +57,18 @@ def peak_rss_gib() -> float:
 
 def run_mup(layers: int) -> dict:
     import mup
+    import torch
+
     import muprewrite.hf
-    from muprewrite.passes.capture import build_model
 
     config = llama_config(layers)
     make = muprewrite.hf.factory(config)
-    base, delta, target = (build_model(make, width, "meta") for width in (BASE, DELTA, config.hidden_size))
+
+    def on_meta(width: int):  # as a mup user builds them (not muprewrite's build_model, which skips meta inits)
+        with torch.device("meta"):
+            return make(width)
+
+    base, delta, target = (on_meta(width) for width in (BASE, DELTA, config.hidden_size))
     mup.set_base_shapes(target, base, delta=delta, do_assert=False)
     infinite = sum(1 for p in target.parameters() if p.infshape.ninf() > 0)
     return {"n_parameters": len(list(target.parameters())), "n_infinite": infinite}

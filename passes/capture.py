@@ -25,8 +25,10 @@ Raises: `CaptureError` with one line: the cause in words (data-dependent control
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -68,7 +70,7 @@ class Exported:
 def build_model(factory, width: int, device: str | torch.device = "cpu") -> nn.Module:
     """Call the user's factory at `width`, with tensors created on `device` by default."""
     try:
-        with torch.device(device):
+        with torch.device(device), _meta_init_skipped() if str(device) == "meta" else contextlib.nullcontext():
             model = factory(width)
     except Exception as exc:  # the user's code: report it, don't crash
         raise CaptureError(
@@ -82,6 +84,39 @@ def build_model(factory, width: int, device: str | torch.device = "cpu") -> nn.M
         )
     _disable_kv_cache(model)
     return model
+
+
+INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                  "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")
+_skipping = {"depth": 0, "lock": threading.Lock(), "originals": {}}
+
+
+@contextlib.contextmanager
+def _meta_init_skipped():
+    """torch.nn.init's functions return a meta tensor untouched (it holds no values to fill): about
+    40% of the time of building an 80-layer Llama on meta is nn.Linear's kaiming init. Any other
+    tensor is initialised as ever, so another thread building meanwhile is not affected."""
+    with _skipping["lock"]:
+        if _skipping["depth"] == 0:
+            _skipping["originals"] = {name: getattr(torch.nn.init, name) for name in INIT_FUNCTIONS}
+            for name, function in _skipping["originals"].items():
+                setattr(torch.nn.init, name, _unless_meta(function))
+        _skipping["depth"] += 1
+    try:
+        yield
+    finally:
+        with _skipping["lock"]:
+            _skipping["depth"] -= 1
+            if _skipping["depth"] == 0:
+                for name, function in _skipping["originals"].items():
+                    setattr(torch.nn.init, name, function)
+
+
+def _unless_meta(function):
+    @functools.wraps(function)
+    def init_unless_meta(tensor, *args, **kwargs):
+        return tensor if isinstance(tensor, torch.Tensor) and tensor.is_meta else function(tensor, *args, **kwargs)
+    return init_unless_meta
 
 
 def to_device(inputs, device):
