@@ -91,3 +91,27 @@ def test_the_init_scan_reads_a_build_it_is_given_as_it_would_its_own():
     given = build_deferred(module.make_model, widths.delta, seed=SEED)
     assert scan_init(module.make_model, widths, copies, given) == scan_init(module.make_model, widths, copies)
     assert given.fills.pending  # the copies drawn alike still wait: verify fills them
+
+
+class BiasedWithAComputedTable(nn.Module):
+    """A Linear (kaiming uniform weight and bias: each just one fill's draw) and a small table the
+    build computes (the same at every seed: nothing to pool)."""
+
+    builds = 0
+
+    def __init__(self, width):
+        super().__init__()
+        type(self).builds += 1
+        self.proj = nn.Linear(width, width)
+        self.table = nn.Parameter(torch.log(torch.arange(1.0, 9.0)))
+
+
+def test_a_fills_draw_is_read_exactly_and_a_computed_small_tensor_is_built_twice_only():
+    BiasedWithAComputedTable.builds = 0
+    stats = scan_init(BiasedWithAComputedTable, Widths(64, 128, 256))
+    weight, bias = stats["proj.weight"], stats["proj.bias"]
+    assert math.isclose(weight.base_std, 1 / math.sqrt(3 * 64), rel_tol=1e-12)  # exact, not an estimate
+    assert math.isclose(weight.delta_std, 1 / math.sqrt(3 * 128), rel_tol=1e-12)
+    assert weight.exponent == bias.exponent == -0.5 and weight.excess_kurtosis == -1.2 and weight.zero_mean
+    assert BiasedWithAComputedTable.builds == 4  # seeds 0 and 1 at base and delta: the table is not random
+    assert stats["table"].exponent == 0.0
