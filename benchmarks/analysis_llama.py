@@ -139,7 +139,7 @@ def worker_steps(args) -> dict:
 def worker_scan_init(args) -> dict:
     """scan_init alone, split into building the CPU models and everything else (the statistics).
 
-    Wraps the `build_model` that init_scan calls, so it measures whatever init_scan does now.
+    Wraps the `build_deferred` that init_scan calls, so it measures whatever init_scan does now.
     """
     import llama_like
     from muprewrite.passes import init_scan
@@ -147,23 +147,23 @@ def worker_scan_init(args) -> dict:
 
     threads = _set_threads(args)
     builds = []
-    original = init_scan.build_model
+    original = init_scan.build_deferred
 
-    def timed_build(factory, width, device="cpu"):
+    def timed_build(factory, width, seed):
         t = time.perf_counter()
-        model = original(factory, width, device=device)
-        n_params = sum(p.numel() for p in model.parameters())
+        built = original(factory, width, seed)
+        n_params = sum(p.numel() for p in built.model.parameters())
         builds.append({"width": width, "n_params": n_params, "seconds": time.perf_counter() - t,
                        "peak_rss_mib": _peak_mib(), "current_rss_mib": _current_mib()})
-        return model
+        return built
 
-    init_scan.build_model = timed_build
+    init_scan.build_deferred = timed_build
     try:
         start = time.perf_counter()
         init_scan.scan_init(llama_like.make_model, Widths(args.base, 2 * args.base, TARGET))
         total = time.perf_counter() - start
     finally:
-        init_scan.build_model = original
+        init_scan.build_deferred = original
     parts = [{"part": f"build + init on CPU at {b['width']} ({b['n_params'] / 1e6:.1f} M params, "
                       f"{b['n_params'] * 4 / 2**20:.0f} MiB fp32)",
               "seconds": b["seconds"], "peak_rss_mib": b["peak_rss_mib"], "current_rss_mib": b["current_rss_mib"]}
