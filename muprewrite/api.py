@@ -203,7 +203,9 @@ def guess_inputs(factory, width: int, model: nn.Module | None = None):
     """Example inputs read off the model's first layer: of `model` (built at `width`) if given, else
     of the model built on meta (on the CPU, at this small width, when it cannot be built on meta)."""
     if model is None:
-        model = _built_on_meta(factory, width) or build_model(factory, width, "cpu")
+        model = _built_on_meta(factory, width)
+    if model is None:
+        model = build_model(factory, width, "cpu")
     return infer_example_inputs(model)
 
 

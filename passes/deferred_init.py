@@ -18,7 +18,6 @@ instead of building that model again.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -39,20 +38,15 @@ class Deferred(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.pending = {}  # storage address -> (fill, args, kwargs)
-        # storage address -> (fill_of, a weak reference to the tensor), for a tensor holding just that
-        # fill's draw (run by `run`); while the tensor lives, no other storage can have its address
-        self.drawn = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in FILLS and _whole(args[0]) and kwargs.get("generator") is None:
             self.pending[_key(args[0])] = (func, args, kwargs)
-            self.drawn.pop(_key(args[0]), None)
             return args[0]
         if func not in ALIASING:
             for tensor in _tensors(args, kwargs):
                 self.run(tensor)
-                self.drawn.pop(_key(tensor), None)  # the op may change it
         return func(*args, **kwargs)
 
     def fill_of(self, tensor: torch.Tensor):
@@ -60,12 +54,10 @@ class Deferred(TorchDispatchMode):
         entry = self.pending.get(_key(tensor)) if tensor.numel() else None
         return None if entry is None else _described(entry, tensor)
 
-    def take_draw(self, tensor: torch.Tensor, source: torch.Tensor) -> bool:
-        """Give `tensor`, waiting for a fill, `source`'s values instead of a draw of its own where
-        `source` waits for the same fill or holds just its draw (run outside the build, by `run`)."""
-        fill = self.fill_of(tensor)
-        drawn, alive = self.drawn.get(_key(source), (None, lambda: None))
-        if fill is None or fill not in (self.fill_of(source), drawn if alive() is not None else None):
+    def take_draw(self, tensor: torch.Tensor, source: torch.Tensor, source_fill) -> bool:
+        """Give `tensor` `source`'s values instead of a draw of its own where it waits for
+        `source_fill`, the fill `source` waited for after the build (`fill_of`), drawn now if not yet."""
+        if source_fill is None or self.fill_of(tensor) != source_fill:
             return False
         self.run(source)
         del self.pending[_key(tensor)]
@@ -85,7 +77,6 @@ class Deferred(TorchDispatchMode):
         entry = self.pending.pop(_key(tensor), None) if tensor.numel() else None
         if entry is not None:
             func, args, kwargs = entry
-            self.drawn[_key(tensor)] = (_described(entry, tensor), weakref.ref(args[0]))
             with torch.no_grad():  # an init, as nn.init runs it
                 func(*args, **kwargs)
 
@@ -109,10 +100,11 @@ class DeferredBuild:
 
     def finished(self, alike=()) -> nn.Module:
         """The model with every waiting fill run; `alike`: (tensor, source) pairs, each tensor taking
-        its source's values where it waits for the fill the source's draw is (`Deferred.take_draw`)."""
+        its source's values where both wait for the same fill (`Deferred.take_draw`)."""
         with self.stream() as fills:
+            waited_for = {id(source): fills.fill_of(source) for _, source in alike}  # before any is drawn
             for tensor, source in alike:
-                fills.take_draw(tensor, source)
+                fills.take_draw(tensor, source, waited_for[id(source)])
             fills.run_all()
         return self.model
 

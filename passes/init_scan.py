@@ -94,11 +94,12 @@ def _stats(factory, width: int, copies: dict, built: DeferredBuild | None = None
     samples = _draw(built or build_deferred(factory, width, SEED), copies)
     small = [n for n, x in samples.items() if isinstance(x, torch.Tensor) and 1 < x.numel() < SMALL
              and x.std() > 0 and representative_of(n, copies) is None]
-    seed = SEED + 1
-    while small and seed < SEED + _draws(samples, small):
+    seed, draws = SEED + 1, _draws(samples, small)
+    while seed < SEED + draws:
         extra = _draw(build_deferred(factory, width, seed), copies)
         if seed == SEED + 1:  # drawn alike from another seed: computed, not random, so pooling adds nothing
             small = [n for n in small if not (isinstance(extra[n], torch.Tensor) and torch.equal(extra[n], samples[n]))]
+            draws = _draws(samples, small)  # from the first build's sizes, as the first count was
         for name in small:
             samples[name] = torch.cat([samples[name], extra[name]])
         seed += 1
@@ -109,6 +110,8 @@ def _stats(factory, width: int, copies: dict, built: DeferredBuild | None = None
 
 
 def _draws(samples: dict, small: list) -> int:
+    if not small:
+        return 1
     budget = MAX_DRAWS_LARGE if sum(x.numel() for x in samples.values() if isinstance(x, torch.Tensor)) > LARGE \
         else MAX_DRAWS
     return min(budget, math.ceil(POOLED / min(samples[n].numel() for n in small)))

@@ -79,9 +79,9 @@ def _differences(got: tuple, want: tuple, baseline: dict) -> dict:
 
 
 def _finished(built: DeferredBuild, copies: dict) -> torch.nn.Module:
-    """The deferred build with every fill run; a copy's tensor waiting for its representative's
-    fill takes the representative's values (the same distribution, drawn once: what the copies'
-    check tests is each copy's own computation on its own tensors)."""
+    """The deferred build with every fill run; a copy's tensor waiting for the fill its
+    representative's waits for takes the representative's values (the same distribution, drawn
+    once: what the copies' check tests is each copy's own computation on its own tensors)."""
     tensors = dict(itertools.chain(built.model.named_parameters(), built.model.named_buffers()))
     alike = [(tensor, tensors[source]) for name, tensor in tensors.items()
              if (source := representative_of(name, copies)) is not None and source in tensors]

@@ -60,8 +60,8 @@ def test_init_scan_matches_an_eager_build(name):
 
 
 class TouchesItsFirstBlock(nn.Module):
-    """Three identical blocks; the build scales block 0's weight after its fill (block 0 holds more
-    than its fill's draw, so no block may take its values)."""
+    """Three identical blocks; the build scales block 0's bias after its fill (it holds more than
+    its fill's draw, so no block may take its values)."""
 
     def __init__(self, width):
         super().__init__()
@@ -70,16 +70,14 @@ class TouchesItsFirstBlock(nn.Module):
             self.blocks[0].bias.mul_(2.0)
 
 
-def test_a_copy_takes_its_representatives_draw_only_where_that_is_just_the_same_fill():
+def test_a_copy_takes_its_representatives_draw_only_where_both_wait_for_the_same_fill():
     build = build_deferred(TouchesItsFirstBlock, 16, seed=0)
     model, fills = build.model, build.fills
-    with build.stream():
-        fills.run(model.blocks[0].weight)  # drawn outside the build, as the init scan samples
     first = model.blocks[0]
     alike = [(model.blocks[i].weight, first.weight) for i in (1, 2)] + [(model.blocks[1].bias, first.bias)]
     build.finished(alike)
     assert torch.equal(model.blocks[1].weight, first.weight) and torch.equal(model.blocks[2].weight, first.weight)
-    assert not torch.equal(model.blocks[1].bias, first.bias)  # block 0's bias was changed after its draw
+    assert not torch.equal(model.blocks[1].bias, first.bias)  # block 0's bias was filled and changed in the build
     assert not torch.equal(model.blocks[2].bias, model.blocks[1].bias)  # each drew its own
     assert fills.pending == {}
 
