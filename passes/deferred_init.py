@@ -1,7 +1,8 @@
 """deferred_init: build a model on the CPU with its init fills run only where they are looked at.
 
 While a `Deferred` mode is active, a fill of a whole tensor (uniform_, normal_, fill_, zero_: what
-nn.init and model init code call) is remembered instead of run, the last one of each tensor; any
+nn.init and model init code call; and nn.init.trunc_normal_, whose rejection loop reads the tensor
+it fills) is remembered instead of run, the last one of each tensor; any
 other op on a tensor with a remembered fill runs that fill first, so whatever the model's code
 computes from its weights while it is built is what it would be. After the build, `fill_of` says
 which fill a tensor is waiting for (the op and its numbers) and `run` runs it.
@@ -34,10 +35,43 @@ ALIASING = {aten.detach.default, aten.alias.default, aten.view.default, aten._un
             aten.t.default, aten.transpose.int, aten.lift_fresh.default, aten.expand.default}
 
 
+class _TruncNormal:
+    """nn.init.trunc_normal_ as one fill (torch.nn.init calls `_no_grad_trunc_normal_` by its
+    module's name, whoever holds a reference to trunc_normal_ itself)."""
+
+    name = "torch.nn.init.trunc_normal_"
+
+    def __init__(self, original):
+        self.original = original
+
+    def __call__(self, tensor, mean, std, a, b, generator=None):
+        return self.original(tensor, mean, std, a, b, generator=generator)
+
+    def __str__(self):
+        return self.name
+
+
 class Deferred(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.pending = {}  # storage address -> (fill, args, kwargs)
+        self._trunc_normal = _TruncNormal(getattr(torch.nn.init, "_no_grad_trunc_normal_", None))
+
+    def __enter__(self):
+        if self._trunc_normal.original is not None:
+            torch.nn.init._no_grad_trunc_normal_ = self._deferred_trunc_normal
+        return super().__enter__()
+
+    def __exit__(self, *exc_info):
+        if self._trunc_normal.original is not None:
+            torch.nn.init._no_grad_trunc_normal_ = self._trunc_normal.original
+        return super().__exit__(*exc_info)
+
+    def _deferred_trunc_normal(self, tensor, mean, std, a, b, generator=None):
+        if generator is not None or not _whole(tensor):
+            return self._trunc_normal(tensor, mean, std, a, b, generator)
+        self.pending[_key(tensor)] = (self._trunc_normal, (tensor, float(mean), float(std), float(a), float(b)), {})
+        return tensor
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

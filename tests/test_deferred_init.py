@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from muprewrite.passes.deferred_init import Deferred, build_deferred
-from muprewrite.passes.init_scan import SEED, scan_init
+from muprewrite.passes.init_scan import MAX_DRAWS, POOL_MODULES, SEED, scan_init
 from muprewrite.passes.repeats import find_repeats
 from muprewrite.widths import Widths
 
@@ -113,3 +113,86 @@ def test_a_fills_draw_is_read_exactly_and_a_computed_small_tensor_is_built_twice
     assert weight.exponent == bias.exponent == -0.5 and weight.excess_kurtosis == -1.2 and weight.zero_mean
     assert BiasedWithAComputedTable.builds == 4  # seeds 0 and 1 at base and delta: the table is not random
     assert stats["table"].exponent == 0.0
+
+
+class SmallRandomPerBlock(nn.Module):
+    """Blocks each holding a 4-entry tensor the build computes from fresh random numbers (no fill
+    of its own: it must be sampled), its std ∝ width^(-1/2), and an 8-entry one of constant std."""
+
+    builds = 0
+
+    def __init__(self, width, blocks=48):
+        super().__init__()
+        type(self).builds += 1
+        self.blocks = nn.ModuleList(_SmallRandomBlock(width) for _ in range(blocks))
+
+
+class _SmallRandomBlock(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.scaled = nn.Parameter(torch.empty(4))
+        self.skewed = nn.Parameter(torch.empty(8))
+        with torch.no_grad():
+            self.scaled.copy_(torch.randn(4) / math.sqrt(width))
+            self.skewed.copy_(torch.rand(8).pow(4))  # heavy right tail: four draws' std varies tenfold
+
+
+def test_a_small_random_tensor_is_pooled_with_its_copies_and_no_copy_is_called_unlike_on_four_draws():
+    model = SmallRandomPerBlock(64)
+    SmallRandomPerBlock.builds = 0
+    stats = scan_init(SmallRandomPerBlock, Widths(64, 128, 256), find_repeats(model))
+    assert set(stats) == {"blocks.0.scaled", "blocks.0.skewed"}  # every copy drawn as block 0
+    assert stats["blocks.0.scaled"].exponent == -0.5 and stats["blocks.0.scaled"].resolved
+    assert stats["blocks.0.skewed"].exponent == 0.0 and stats["blocks.0.skewed"].resolved
+    assert SmallRandomPerBlock.builds == 2 * 3  # 48 x 4 entries a build: ceil(512 / 192) builds a width
+
+
+def test_a_model_costly_to_build_pools_fewer_builds_and_says_what_it_could_not_tell():
+    def lone_small_tensors(width):  # 1002 modules, and no copies: nothing to pool a tensor with
+        return SmallRandomPerBlock(width, blocks=1000)
+
+    SmallRandomPerBlock.builds = 0
+    stats = scan_init(lone_small_tensors, Widths(64, 128, 256))
+    assert SmallRandomPerBlock.builds == 2 * (POOL_MODULES // 1002) < 2 * MAX_DRAWS
+    skewed = stats["blocks.0.skewed"]  # 8 builds of 8 entries: a half step in width^p is not told from none
+    assert skewed.exponent == 0.0 and not skewed.resolved
+
+
+class WithALoneSmallRandomGain(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.up, self.down = nn.Linear(4, width), nn.Linear(width, 4)
+        self.gain = nn.Parameter(torch.rand(8).pow(4))  # computed from fresh random numbers: sampled
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x))) * self.gain.sum()
+
+
+def test_the_plan_says_which_small_random_tensors_it_could_not_tell_a_width_dependence_of(monkeypatch):
+    import muprewrite
+    from muprewrite.passes import init_scan
+
+    monkeypatch.setattr(init_scan, "POOL_MODULES", 1)  # a model too costly to build more than MAX_DRAWS_LARGE times
+    result = muprewrite.mupify(WithALoneSmallRandomGain, base=16, delta=32, target=64,
+                               example_inputs=torch.randn(2, 4), materialize=False, verify_width=False)
+    assert [n for n in result.plan.notes if "drawn too few times" in n and n.endswith(": gain")]
+
+
+class TruncatedNormal(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.proj = nn.Linear(width, width)
+        nn.init.trunc_normal_(self.proj.weight, std=0.02, a=-0.03, b=0.03)
+
+
+def test_trunc_normal_is_one_fill_read_exactly_and_drawn_as_torch_draws_it():
+    build = build_deferred(TruncatedNormal, 64, seed=0)
+    assert build.fills.fill_of(build.model.proj.weight)[0] == "torch.nn.init.trunc_normal_"
+    stats = scan_init(TruncatedNormal, Widths(64, 128, 256))["proj.weight"]
+    weight = build.finished().proj.weight.detach().double()
+    assert weight.abs().max() <= 0.03 and math.isclose(float(weight.std()), stats.base_std, rel_tol=0.02)
+    eager = torch.empty(1 << 20, dtype=torch.float64)
+    nn.init.trunc_normal_(eager, std=0.02, a=-0.03, b=0.03)
+    assert math.isclose(float(eager.std()), stats.base_std, rel_tol=2e-3) and stats.exponent == 0.0
+    centred = eager - eager.mean()
+    assert math.isclose(float(centred.pow(4).mean() / centred.pow(2).mean() ** 2 - 3), stats.excess_kurtosis, abs_tol=0.01)
