@@ -26,7 +26,8 @@ from . import ops
 from .attention import hidden_logit_paths
 from .dims import Dataflow
 from .foldable import place_folds
-from .repeats import copies_ops_before
+from .passthrough import StubError
+from .repeats import copies_ops_before, inside
 from .source import where
 from .width_constants import width_constants_around
 
@@ -152,8 +153,14 @@ def _role_unused(shape) -> str:
 
 
 def _refuse_unknown_uses(flow: Dataflow, uses: dict) -> None:
+    representatives = set(flow.captures.repeats.values())
     for name, node in flow.parameters().items():
         if not uses.get(name) and _role_unused(flow.shape(node)) == "unclassified":
+            block = next((r for r in representatives if inside(name, r)), None)
+            if block is not None:  # mupify then analyses every block: a copy may use it
+                raise StubError(f"parameter '{name}' not used in the captured call of {block}, a block others repeat "
+                                "(a copy may use it: an argument can pick which tensors a block uses); pass "
+                                "share_blocks=False to analyse every block")
             raise MuRewriteError(
                 f"parameter '{name}' is not used by the model's forward on the example inputs, so its muP role "
                 "is unknown; pass example inputs that run it (e.g. pixel_values for a vision tower), or pass "

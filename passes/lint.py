@@ -63,7 +63,8 @@ def _small_heads(flow, uses, sites, init, plan):
 
 
 def _gains(flow, uses, sites, init, plan):
-    names = sorted(norm_gains(flow, uses))
+    gains = norm_gains(flow, uses)
+    names = [n for n in plan.parameters if n in gains]
     if names and plan.options["norm_gains"] == "trainable":
         yield PlanWarning("trainable-norm-gains", "trainable normalization gains were found to break learning-"
                           "rate transfer (Lingle 2024); option norm_gains='frozen' or 'removed' fixes them",

@@ -6,8 +6,10 @@ Writes: `{copy path: representative path}` — the children of a container index
         *representative*: the same module classes all the way down, the same parameter and
         buffer names, shapes, dtypes and requires_grad, the same plain attributes (an int equal
         to the block's own index in every block, such as `layer_idx`, is the index), the same hooks and
-        instance-level forwards — and tensors and submodules of their own (nothing shared with
-        any other module). A copy's own children are not looked into: all of it is a copy.
+        instance-level forwards — and submodules of their own; a tensor also known by a name
+        outside the block is the very tensor at the same place in the representative (Zamba's
+        hybrid layers, one attention block's weights tied into each), any other is the block's
+        own. A copy's own children are not looked into: all of it is a copy.
 How the copies are used: capture exports the model with every copy passed through
 (passes/passthrough.py), so the graph holds each distinct block once; decide counts the copies'
 ops where an edited module around them would (`copies_ops_before`); `stamp` (passes/stamp.py)
@@ -37,8 +39,9 @@ def find_repeats(model: nn.Module) -> dict:
         representatives = {}
         for name, child in module.named_children():
             child_path = f"{path}.{name}" if path else name
-            if name in indexed and _exclusive(child, child_path, owners):
-                representative = representatives.setdefault(_signature(child, index_keys), child_path)
+            shared = _shared_tensors(child, child_path, owners) if name in indexed else None
+            if shared is not None:
+                representative = representatives.setdefault((_signature(child, index_keys), shared), child_path)
                 if representative != child_path:
                     copies[child_path] = representative
                     continue
@@ -84,11 +87,18 @@ def _owners(model: nn.Module) -> dict:
     return owners
 
 
-def _exclusive(block: nn.Module, path: str, owners: dict) -> bool:
-    """Whether every tensor and submodule of `block` is known only by names inside it."""
-    named = (block.named_parameters(remove_duplicate=False), block.named_buffers(remove_duplicate=False),
-             block.named_modules(remove_duplicate=False))
-    return all(inside(name, path) for items in named for _, value in items for name in owners[id(value)])
+def _shared_tensors(block: nn.Module, path: str, owners: dict) -> tuple | None:
+    """(name in `block`, identity) of each of its tensors also known by a name outside it, such as
+    one attention block's weights tied into every hybrid layer; None if a submodule of it is
+    (a module's calls would be counted across the blocks)."""
+    def outside(value) -> bool:
+        return not all(inside(name, path) for name in owners[id(value)])
+
+    if any(outside(module) for _, module in block.named_modules(remove_duplicate=False)):
+        return None
+    return tuple((name, id(value)) for items in (block.named_parameters(remove_duplicate=False),
+                                                 block.named_buffers(remove_duplicate=False))
+                 for name, value in items if outside(value))
 
 
 def _index_attributes(indexed: dict) -> set:

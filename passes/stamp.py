@@ -3,8 +3,8 @@
 Reads:  a `Plan` made from a graph holding each distinct block once, the copies
         (passes/repeats.py) and the model's parameter order.
 Writes: the same plan with every copy's parameters, uses, edits and warnings under the copy's
-        names (a copy's entries name its representative's graph nodes), in the model's order,
-        and `plan.repeats`.
+        names (a copy's entries name its representative's graph nodes; a tensor tied into every
+        copy keeps its one entry, with each copy's uses), in the model's order, and `plan.repeats`.
 """
 
 from __future__ import annotations
@@ -31,16 +31,22 @@ def _stamp_block(plan, by_representative: dict, rank: dict) -> None:
     (representative, copy_paths), = by_representative.items()
     parameters = {}
     for name, entry in plan.parameters.items():
-        if not inside(name, representative):
-            parameters[name] = _with_copied_uses(entry, by_representative)
+        if not inside(name, representative) or _shared_with_copies(name, entry, representative, copy_paths):
+            parameters[name] = _with_copied_uses(entry, by_representative)  # one tensor: its entry, used in each
             continue
         parameters[name] = entry
         for copy_path in copy_paths:
             parameters[_renamed(name, representative, copy_path)] = _renamed_param(entry, representative, copy_path)
     plan.parameters = parameters
-    plan.edits = _stamped_edits(plan.edits, by_representative)
+    canonical = {alias: name for name, entry in parameters.items() for alias in entry.aliases}
+    plan.edits = _stamped_edits(plan.edits, by_representative, canonical)
     for warning in plan.warnings:
-        _stamp_warning(warning, by_representative, rank)
+        _stamp_warning(warning, by_representative, rank, parameters)
+
+
+def _shared_with_copies(name: str, entry, representative: str, copy_paths: list) -> bool:
+    """Whether the tensor is the copies' own at the same place (passes/repeats.py: tied into each)."""
+    return any(_renamed(name, representative, copy_path) in entry.aliases for copy_path in copy_paths)
 
 
 def _owner(name: str, by_representative: dict) -> str | None:
@@ -72,14 +78,15 @@ def _with_copied_uses(entry, by_representative: dict):
     return entry
 
 
-def _stamped_edits(edits: list, by_representative: dict) -> list:
+def _stamped_edits(edits: list, by_representative: dict, canonical: dict) -> list:
     """Each run of consecutive edits inside one representative, followed by the same run for each
     of its copies in order (the order a capture of every block gives)."""
     stamped, run, run_of = [], [], None
     for edit in edits + [None]:
         owner = None if edit is None else _owner(edit.module, by_representative)
         if run and owner != run_of:
-            stamped += [e for copy_path in by_representative[run_of] for e in _renamed_edits(run, run_of, copy_path)]
+            stamped += [e for copy_path in by_representative[run_of]
+                        for e in _renamed_edits(run, run_of, copy_path, canonical)]
             run = []
         if edit is None:
             break
@@ -90,21 +97,28 @@ def _stamped_edits(edits: list, by_representative: dict) -> list:
     return stamped
 
 
-def _renamed_edits(run: list, representative: str, copy_path: str) -> list:
+def _renamed_edits(run: list, representative: str, copy_path: str, canonical: dict) -> list:
+    """The run's edits in the copy; a parameter they name by its first name (a tensor tied into
+    every block is named as in the representative)."""
+    def renamed_param(name: str) -> str:
+        name = _renamed(name, representative, copy_path)
+        return canonical.get(name, name)
+
     renamed = []
     for edit in run:
         edit = copying.deepcopy(edit)
         edit.module = _renamed(edit.module, representative, copy_path)
-        edit.param = None if edit.param is None else _renamed(edit.param, representative, copy_path)
+        edit.param = None if edit.param is None else renamed_param(edit.param)
         for place in (edit.fold or {}).get("into", []):
-            place["param"] = _renamed(place["param"], representative, copy_path)
+            place["param"] = renamed_param(place["param"])
         renamed.append(edit)
     return renamed
 
 
-def _stamp_warning(warning, by_representative: dict, rank: dict) -> None:
+def _stamp_warning(warning, by_representative: dict, rank: dict, parameters: dict) -> None:
     """A warning's subjects inside a representative, for each copy too: a parameter under the
-    copy's name, a graph node as "node@copy" located in the copy's module."""
+    copy's name (unless tied into the copy: one tensor, named once), a graph node as "node@copy"
+    located in the copy's module."""
     subjects = []
     for subject in warning.subjects:
         subjects.append(subject)
@@ -112,13 +126,13 @@ def _stamp_warning(warning, by_representative: dict, rank: dict) -> None:
         representative = _owner(location["module"] if location else subject, by_representative)
         for copy_path in by_representative.get(representative, []):
             if location is None:
-                subjects.append(_renamed(subject, representative, copy_path))
+                subjects += [name for name in [_renamed(subject, representative, copy_path)] if name in parameters]
                 continue
             module = _renamed(location["module"], representative, copy_path)
             subjects.append(f"{subject.split('@')[0]}@{module}")
             warning.locations[subjects[-1]] = {**location, "module": module}
-    if warning.subjects == sorted(warning.subjects):
-        subjects.sort()
-    elif all(subject in rank for subject in subjects):
+    if all(subject in rank for subject in subjects):  # parameters: in the model's order, as lint lists them
         subjects.sort(key=rank.get)
+    elif warning.subjects == sorted(warning.subjects):
+        subjects.sort()
     warning.subjects = subjects

@@ -12,8 +12,9 @@ comparison is first made with no edits (the baseline), and the edited pair is ju
 that distance; the result reports it.
 A model with repeated blocks (`plan.repeats`) is compared with every copy passing its input
 through, as it was captured; then, in one forward of the whole realized model, each copy's output
-must equal its representative's run on the copy's inputs with the copy's tensors (same RNG
-state), so each copy computes what the verified representative computes. Where that cannot be
+must equal its representative's run on the copy's input tensors with the copy's tensors and the
+representative's own other arguments (same RNG state: a `layer_idx` passed in that picks an
+adapter shows), so each copy computes what the verified representative computes. Where that cannot be
 shown (`StubError`: a copy computing otherwise, inputs it cannot be replayed on, a pass-through
 the eager model refuses), mupify analyses every block instead, noted.
 """
@@ -24,7 +25,7 @@ import copy
 import itertools
 
 import torch
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from ..errors import VerificationError
 from ..plan import Plan
@@ -118,8 +119,11 @@ def _check_copies(realized, copies: dict, inputs) -> int:
     if not copies:
         return 0
     modules = dict(realized.named_modules())
-    calls = _record_calls(realized, {path: modules[path] for path in copies}, inputs)
+    calls = _record_calls(realized, {path: modules[path] for path in {*copies, *copies.values()}}, inputs)
     for path, (args, kwargs, rng, output) in calls.items():
+        if path not in copies:
+            continue
+        args, kwargs = _as_called_in(copies[path], calls, path, args, kwargs)
         representative = modules[copies[path]]
         tensors = {**dict(modules[path].named_parameters(remove_duplicate=False)),
                    **dict(modules[path].named_buffers(remove_duplicate=False))}
@@ -133,7 +137,22 @@ def _check_copies(realized, copies: dict, inputs) -> int:
             raise StubError(f"block {copies[path]} could not be run on the inputs of {path}, the block repeating "
                             f"it: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         _compare_copy(path, copies[path], tree_leaves(output), tree_leaves(expected))
-    return len(calls)
+    return sum(1 for path in calls if path in copies)
+
+
+def _as_called_in(representative: str, calls: dict, path: str, args, kwargs) -> tuple:
+    """The copy's call's tensors with the representative's call's other arguments (`layer_idx`):
+    what the captured representative computed, as the copy's plan entries assume, unless the
+    copy's output shows an argument made it compute otherwise (Zamba2 picks its adapter so)."""
+    if representative not in calls:
+        return args, kwargs
+    leaves, spec = tree_flatten((args, kwargs))
+    their_leaves, their_spec = tree_flatten(calls[representative][:2])
+    if spec != their_spec:
+        raise StubError(f"block {path} is called with other arguments than {representative}, the identical block "
+                        "it repeats")
+    return tree_unflatten([mine if isinstance(mine, torch.Tensor) else theirs
+                           for mine, theirs in zip(leaves, their_leaves)], spec)
 
 
 def _record_calls(model, blocks: dict, inputs) -> dict:

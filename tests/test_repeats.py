@@ -287,3 +287,92 @@ def test_copies_inside_a_representative_are_stamped_into_each_copy_of_it():
     assert_same_plan(shared, every)
     result = muprewrite.mupify(make, base=16, target=128, example_inputs=IDS, materialize=False)
     assert result.report.verification["copies"] == 4
+
+
+class TiedAttention(nn.Module):
+    """Zamba's hybrid layer: an attention block of its own whose weights are tied into every
+    such layer (the same tensors at the same place), and a projection of its own."""
+
+    def __init__(self, width, index=0, tied=None):
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(width, width, bias=False) for _ in range(3))
+        self.own = nn.Linear(width, width)
+        if tied is not None:
+            self.q.weight, self.k.weight, self.v.weight = tied.q.weight, tied.k.weight, tied.v.weight
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, 2, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.own(attended.transpose(1, 2).reshape(b, t, -1))
+
+
+class Hybrid(Stack):
+    def __init__(self, width):
+        super().__init__(width, blocks=0)
+        first = TiedAttention(width)
+        self.blocks = nn.ModuleList([first, Block(width, 1)] + [TiedAttention(width, i, tied=first) for i in (2, 3)])
+
+
+def test_blocks_with_tensors_tied_into_each_at_the_same_place_are_copies():
+    assert find_repeats(Hybrid(16)) == {"blocks.2": "blocks.0", "blocks.3": "blocks.0"}
+    shared, every = _plans(Hybrid)
+    assert_same_plan(shared, every)
+    tied = shared.parameters["blocks.0.q.weight"]
+    assert tied.aliases == ["blocks.2.q.weight", "blocks.3.q.weight"] and len(tied.uses) == 3
+    assert "blocks.2.q.weight" not in shared.parameters and "blocks.2.own.weight" in shared.parameters
+    result = muprewrite.mupify(Hybrid, base=16, target=128, example_inputs=IDS, materialize=False)
+    assert result.report.verification["copies"] == 2 and result.plan.repeats
+
+
+def test_a_tensor_tied_into_blocks_at_different_places_makes_them_no_copies():
+    model = Stack(16)
+    model.blocks[2].norm.weight = model.blocks[1].norm.bias
+    assert find_repeats(model) == {"blocks.3": "blocks.0"}
+
+
+class Steered(Stack):
+    """Each block is passed its index (Zamba2's shared blocks get `layer_idx` so)."""
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for i, block in enumerate(self.blocks):
+            x = block(x, i)
+        return self.head(x)
+
+
+def _analysed_apart(make, because: str):
+    result = muprewrite.mupify(make, base=16, target=128, example_inputs=IDS, materialize=False)
+    assert result.plan.repeats == {}
+    assert any("every repeated block analysed" in note and because in note for note in result.plan.notes)
+    every = muprewrite.mupify(make, base=16, target=128, example_inputs=IDS, materialize=False, share_blocks=False)
+    assert_same_plan(result.plan, every.plan)
+
+
+def test_a_copy_an_argument_makes_compute_otherwise_is_analysed_as_itself():
+    class Scaled(Block):
+        def forward(self, x, layer):
+            return super().forward(x) * (1.0 + layer)
+
+    _analysed_apart(lambda w: Steered(w, block=Scaled), "computing something else")
+
+
+def test_a_copy_an_argument_makes_use_other_tied_tensors_is_analysed_as_itself():
+    class Adapted(Block):  # Zamba2: adapters tied into every block, the index picking one
+        def __init__(self, width, index=0, tied=None):
+            super().__init__(width, index)
+            self.adapters = nn.ModuleList(nn.Linear(width, width, bias=False) for _ in range(4))
+            for mine, theirs in zip(self.adapters, tied or ()):
+                mine.weight = theirs.weight
+
+        def forward(self, x, layer):
+            return super().forward(x) + self.adapters[layer](x)
+
+    class Tied(Steered):
+        def __init__(self, width):
+            super().__init__(width, blocks=0)
+            first = Adapted(width)
+            self.blocks = nn.ModuleList([first] + [Adapted(width, i, tied=first.adapters) for i in (1, 2, 3)])
+
+    assert len(find_repeats(Tied(16))) == 3
+    _analysed_apart(Tied, "not used in the captured call of blocks.0")
