@@ -126,7 +126,7 @@ def to_device(inputs, device):
 def capture(factory, inputs, widths: Widths, copies: dict | None = None, base_model: nn.Module | None = None) -> Captures:
     """Export the model at base, delta and target width, falling back as the failures call for;
     with `copies`, each repeated block once (every block when that cannot be, noted). `base_model`:
-    the model already built on meta at base width, exported by the first attempt instead of a build
+    the model already built on meta at base width (`copies` found in it), exported by the first attempt instead of a build
     (a later attempt builds its own: an export may leave state behind in the model)."""
     if not copies:
         return _capture(factory, inputs, widths, {}, base_model)
@@ -221,10 +221,12 @@ def split_inputs(inputs):
 def _capture_widths(factory, inputs, widths: Widths, strategy: Strategy, copies: dict, prebuilt: dict):
     programs, model, positions = {}, None, {}
     for name in WIDTH_NAMES:
-        model = prebuilt[name] if prebuilt.get(name) is not None else _build(factory, widths[name], strategy, name)
+        given = prebuilt.get(name)  # the model the copies were found in: no need to look again
+        model = given if given is not None else _build(factory, widths[name], strategy, name)
         positions = {}
         try:
-            _check_copies(model, copies, widths[name])
+            if given is None:
+                _check_copies(model, copies, widths[name])
             with stubbed(model, copies, positions):
                 programs[name] = _export(model, inputs_at(inputs, widths[name]), strategy)
             _check_copies_placed(programs[name], copies, positions)

@@ -287,6 +287,7 @@ def _resolves_half_step(base: _Moments, delta: _Moments, ratio: float) -> bool:
 
 def _log_std_error(a: _Moments, b: _Moments) -> float:
     """The standard error of log(a.std / b.std) for two samples of one distribution (of b's
-    kurtosis): var(log s) ≈ (excess kurtosis + 2) / (4 n)."""
-    spread = max(b.excess_kurtosis + 2, 0.0) / 4
+    kurtosis): var(log s) ≈ (excess kurtosis + 2) / (4 n), never below a Gaussian's (a few dozen
+    entries of a uniform draw can look flatter still)."""
+    spread = max(b.excess_kurtosis + 2, 2.0) / 4
     return math.sqrt(spread / (a.count - 1) + spread / (b.count - 1))

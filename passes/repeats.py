@@ -9,7 +9,10 @@ Writes: `{copy path: representative path}` — the children of a container index
         instance-level forwards — and submodules of their own; a tensor also known by a name
         outside the block is the very tensor at the same place in the representative (Zamba's
         hybrid layers, one attention block's weights tied into each), any other is the block's
-        own. A copy's own children are not looked into: all of it is a copy.
+        own. Where blocks are told apart, their parts at the same place that know the block's
+        index are grouped so in turn (Zamba2's hybrid layers, each with its own attention block,
+        hold alike Mamba layers). A
+        copy's own children are not looked into: all of it is a copy.
 How the copies are used: capture exports the model with every copy passed through
 (passes/passthrough.py), so the graph holds each distinct block once; decide counts the copies'
 ops where an edited module around them would (`copies_ops_before`); `stamp` (passes/stamp.py)
@@ -33,22 +36,42 @@ def find_repeats(model: nn.Module) -> dict:
     owners = _owners(model)
     copies = {}
 
-    def visit(path: str, module: nn.Module) -> None:
-        indexed = {name: child for name, child in module.named_children() if name.isdigit()}
-        index_keys = _index_attributes(indexed)
+    def group(blocks: dict, index_keys: set, prefix: str, suffix: str = "") -> None:
+        """Copies among `blocks` ({index: module} at `prefix` + index + `suffix`)."""
         representatives = {}
-        for name, child in module.named_children():
-            child_path = f"{path}.{name}" if path else name
-            shared = _shared_tensors(child, child_path, owners) if name in indexed else None
+        for name, block in blocks.items():
+            path = f"{prefix}{name}{suffix}"
+            shared = _shared_tensors(block, path, owners)
             if shared is not None:
-                representative = representatives.setdefault((_signature(child, index_keys), shared), child_path)
-                if representative != child_path:
-                    copies[child_path] = representative
-                    continue
-            visit(child_path, child)
+                representative = representatives.setdefault((_signature(block, index_keys), shared), path)
+                if representative != path:
+                    copies[path] = representative
+
+    def visit(path: str, module: nn.Module) -> None:
+        prefix = f"{path}." if path else ""
+        indexed = {name: child for name, child in module.named_children() if name.isdigit()}
+        group(indexed, _index_attributes(indexed), prefix)
+        distinct = {name: child for name, child in indexed.items() if prefix + name not in copies}
+        for part, holders in _common_parts(distinct).items():  # blocks told apart, each holding a layer alike
+            parts = {name: distinct[name].get_submodule(part) for name in holders}  # (Zamba2's Mamba layers)
+            index_keys = _index_attributes(parts)
+            if index_keys:  # a layer of the model (it knows its index), not a projection of one
+                group(parts, index_keys, prefix, "." + part)
+        for name, child in module.named_children():
+            if prefix + name not in copies:
+                visit(prefix + name, child)
 
     visit("", model)
     return copies
+
+
+def _common_parts(blocks: dict) -> dict:
+    """{name of a direct submodule: the blocks holding one}, for those two or more blocks hold."""
+    holders = {}
+    for name, block in blocks.items():
+        for part, _ in block.named_children():
+            holders.setdefault(part, []).append(name)
+    return {part: names for part, names in holders.items() if len(names) >= 2}
 
 
 def representative_of(name: str, copies: dict) -> str | None:

@@ -376,3 +376,20 @@ def test_a_copy_an_argument_makes_use_other_tied_tensors_is_analysed_as_itself()
 
     assert len(find_repeats(Tied(16))) == 3
     _analysed_apart(Tied, "not used in the captured call of blocks.0")
+
+
+def test_alike_parts_of_blocks_told_apart_are_copies():
+    class Scaled(nn.Module):  # a float attribute of its own tells the blocks apart, not their inner blocks
+        def __init__(self, width, index=0):
+            super().__init__()
+            self.scale, self.inner = 1.0 + index / 10, Block(width, index)
+
+        def forward(self, x):
+            return self.inner(x) * self.scale
+
+    make = lambda w: Stack(w, block=Scaled)  # noqa: E731
+    assert find_repeats(make(16)) == {f"blocks.{i}.inner": "blocks.0.inner" for i in (1, 2, 3)}
+    shared, every = _plans(make)
+    assert_same_plan(shared, every)
+    result = muprewrite.mupify(make, base=16, target=128, example_inputs=IDS, materialize=False)
+    assert result.report.verification["copies"] == 3
