@@ -96,6 +96,22 @@ def test_hf_plan_is_the_every_block_plan(name):
     assert_same_plan(shared, every)
 
 
+@pytest.mark.parametrize("name", ["zamba", "zamba2"])
+def test_hybrid_layers_plan_is_the_every_block_plan(name):
+    """Zamba ties one attention block's weights into every hybrid layer (grouped, the tensors named
+    once); Zamba2's hybrid layers pick tied adapters by the index they are passed (told apart),
+    each holding a Mamba layer alike (grouped)."""
+    hf = pytest.importorskip("muprewrite.hf")
+    mamba, hybrid = "linear_attention", "hybrid"
+    layers = [mamba, hybrid, mamba, mamba, hybrid, mamba, hybrid]
+    factory = hf.factory(name, fixed={"num_hidden_layers": len(layers), "layers_block_type": layers})
+    shared, every = _both(factory, hf.example_inputs(name), *hf.widths(factory))
+    hybrids = [f"model.layers.{i}" for i, kind in enumerate(layers) if kind == hybrid]
+    grouped = hybrids if name == "zamba" else [f"{path}.mamba_decoder" for path in hybrids]
+    assert {c: r for c, r in shared.repeats.items() if r == grouped[0]} == {c: grouped[0] for c in grouped[1:]}
+    assert_same_plan(shared, every)
+
+
 def test_options_and_parametrizations_stamp_alike():
     module = importlib.import_module("gpt_tied")
     for parametrization, options in [("table9", {}), ("sp", {}),
