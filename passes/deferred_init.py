@@ -19,6 +19,7 @@ instead of building that model again.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,7 @@ class Deferred(TorchDispatchMode):
         self._trunc_normal = _TruncNormal(getattr(torch.nn.init, "_no_grad_trunc_normal_", None))
 
     def __enter__(self):
+        self._thread = threading.get_ident()  # another thread's trunc_normal_ runs as ever
         if self._trunc_normal.original is not None:
             torch.nn.init._no_grad_trunc_normal_ = self._deferred_trunc_normal
         return super().__enter__()
@@ -68,7 +70,7 @@ class Deferred(TorchDispatchMode):
         return super().__exit__(*exc_info)
 
     def _deferred_trunc_normal(self, tensor, mean, std, a, b, generator=None):
-        if generator is not None or not _whole(tensor):
+        if generator is not None or not _whole(tensor) or threading.get_ident() != self._thread:
             return self._trunc_normal(tensor, mean, std, a, b, generator)
         self.pending[_key(tensor)] = (self._trunc_normal, (tensor, float(mean), float(std), float(a), float(b)), {})
         return tensor
