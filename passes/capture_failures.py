@@ -186,7 +186,8 @@ def _user_frame(exc: BaseException):
     frames = []
     for link in exception_chain(exc):  # torch often re-raises: the user's frame may sit in the cause
         frames = traceback.extract_tb(link.__traceback__) + frames
-    own = [f for f in frames if not _is_library(f.filename)]
+    # "<string>", "<eval_with_key>": code generated at run time, no line of the user's to show
+    own = [f for f in frames if not f.filename.startswith("<") and not _is_library(f.filename)]
     return own[-1] if own else None
 
 

@@ -278,6 +278,30 @@ def test_data_dependent_branch_error_says_so_and_names_the_line(capfd):
     assert out == "" and err == ""
 
 
+_GENERATED = {}
+exec("def positive(h):\n    return bool(h.sum() > 0)\n", _GENERATED)  # code made at run time (blt's)
+
+
+class BranchyInGeneratedCode(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.proj = nn.Linear(8, width)
+
+    def forward(self, x):
+        h = self.proj(x)
+        if _GENERATED["positive"](h):
+            return h
+        return -h
+
+
+def test_a_branch_in_generated_code_is_located_at_the_users_line_that_called_it():
+    with pytest.raises(CaptureError) as info:
+        capture(BranchyInGeneratedCode, X, WIDTHS)
+    message = str(info.value)
+    assert "<string>" not in message
+    assert f"at {line_of(BranchyInGeneratedCode, 'if _GENERATED')}" in message
+
+
 def test_op_without_fake_kernel_error_names_the_op_and_register_fake():
     with pytest.raises(CaptureError) as info:
         capture(OpaqueOp, X, WIDTHS)
