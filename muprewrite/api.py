@@ -245,7 +245,7 @@ def analyse(factory, example_inputs, widths: Widths, step=lambda description: No
     captures = capture(factory, inputs, widths, copies, base_model)
     if unlike or captures.repeats != copies:  # blocks analysed apart need their own init, fully measured
         init = scan_init(factory, widths, captures.repeats, delta_build)
-    captures.notes += _repeats_notes(captures.repeats, unlike) + _unresolved_init_notes(init)
+    captures.notes += _repeats_notes(captures.repeats, unlike)
     flow = analyse_dims(captures)
     step("classifying roles and attention")
     uses, sites = classify_uses(flow), find_attention(flow)
@@ -261,14 +261,6 @@ def _repeats_notes(copies: dict, unlike: set) -> list:
     if unlike:
         notes.append(f"analysed apart, their init differing from the identical block before them: {_listed(sorted(unlike))}")
     return notes
-
-
-def _unresolved_init_notes(init: dict) -> list:
-    names = [name for name, stats in init.items() if not stats.resolved]
-    if not names:
-        return []
-    return [f"init of {len(names)} small random tensor(s) drawn too few times to tell an std growing or shrinking "
-            f"as width^1/2 from a constant one, taken as constant: {_listed(names)}"]
 
 
 def _listed(paths: list) -> str:

@@ -48,6 +48,9 @@ DEFAULT_OPTIONS = {
     # "error": a parameter used by an op the compiler does not understand stops the run;
     # "sp": it keeps the standard parametrization and the report marks it
     "unknown_ops": "error",
+    # "error": a small random tensor drawn too few times to tell whether its init std grows or
+    # shrinks as width^1/2 stops the run; "constant": it is taken as width-independent and warned of
+    "unresolved_init": "error",
 }
 CHOICES = {
     "weight_decay": ("independent", "coupled"),
@@ -57,6 +60,7 @@ CHOICES = {
     "muon_adjust_lr": optimizers.MUON_ADJUST_LR,
     "width_constants": ("freeze", "keep"),
     "unknown_ops": ("error", "sp"),
+    "unresolved_init": ("error", "constant"),
 }
 
 
@@ -67,6 +71,8 @@ def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization:
     if options["unknown_ops"] == "error":
         _refuse_unknown_uses(flow, uses)
         _refuse_hidden_logits(flow)
+    if options["unresolved_init"] == "error":
+        _refuse_unresolved_init(init)
     zeroed = _zero_init_slices(uses, sites, options, at)
     gains = norm_gains(flow, uses)
     parameters, edits, placed = {}, [], set()
@@ -172,6 +178,16 @@ def _refuse_unknown_uses(flow: Dataflow, uses: dict) -> None:
                     f"parameter '{name}' is used by {use.op} in {where(flow, use.node, use.module)}, an op "
                     "muprewrite has no rule for, so its muP scaling is unknown; rewrite that use with a "
                     "standard op, or pass --option unknown_ops=sp to keep such tensors in SP (the report marks them)")
+
+
+def _refuse_unresolved_init(init: dict) -> None:
+    name = next((n for n, stats in init.items() if not stats.resolved), None)
+    if name is not None:
+        raise MuRewriteError(
+            f"the init of '{name}', a small random tensor, was drawn too few times to tell whether its std "
+            "grows or shrinks as width^1/2 (the model is costly to build, and no repeated block holds it), so "
+            "its muP init scale is unknown; pass --option unresolved_init=constant to take it as "
+            "width-independent (the report marks it)")
 
 
 def _refuse_hidden_logits(flow: Dataflow) -> None:

@@ -17,8 +17,8 @@ UNIFORM_KURTOSIS = -0.9  # excess kurtosis: -1.2 for a uniform init, 0 for a Gau
 
 
 def lint(flow: Dataflow, uses: dict, sites: list, init: dict, plan: Plan) -> list:
-    checks = (_unclassified, _tied, _uniform_init, _squashing, _small_heads, _gains, _coupled_decay,
-              _width_dependent_constants)
+    checks = (_unclassified, _tied, _uniform_init, _unresolved_init, _squashing, _small_heads, _gains,
+              _coupled_decay, _width_dependent_constants)
     return [w for check in checks for w in check(flow, uses, sites, init, plan)]
 
 
@@ -44,6 +44,14 @@ def _uniform_init(flow, uses, sites, init, plan):
     if names:
         yield PlanWarning("uniform-init", "weights initialised from a uniform distribution; muP transfers "
                           "better with a Gaussian init", "TP5 §D.5", names)
+
+
+def _unresolved_init(flow, uses, sites, init, plan):
+    names = [n for n in plan.parameters if n in init and not init[n].resolved]
+    if names:
+        yield PlanWarning("unresolved-init", "small random tensor(s) drawn too few times to tell whether their init "
+                          "std grows or shrinks as width^1/2; as asked (unresolved_init='constant') they are taken "
+                          "as width-independent", "docs/design.md: fail closed", names)
 
 
 def _squashing(flow, uses, sites, init, plan):

@@ -11,8 +11,7 @@ Writes: `{copy path: representative path}` — the children of a container index
         hybrid layers, one attention block's weights tied into each), any other is the block's
         own. Where blocks are told apart, their parts at the same place that know the block's
         index are grouped so in turn (Zamba2's hybrid layers, each with its own attention block,
-        hold alike Mamba layers). A
-        copy's own children are not looked into: all of it is a copy.
+        hold alike Mamba layers). A copy's own children are not looked into: all of it is a copy.
 How the copies are used: capture exports the model with every copy passed through
 (passes/passthrough.py), so the graph holds each distinct block once; decide counts the copies'
 ops where an edited module around them would (`copies_ops_before`); `stamp` (passes/stamp.py)
