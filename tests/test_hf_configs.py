@@ -320,11 +320,12 @@ def test_widen_overrides_the_rule_with_exactly_its_fields():
 
 
 def test_width_rule_is_json_and_says_what_was_done():
-    rule = hf.factory("qwen3").width_rule
+    make_model = hf.factory("qwen3")
+    rule = make_model.width_rule
     assert json.loads(json.dumps(rule)) == rule
     assert rule["model_type"] == "qwen3" and rule["grow"] == "head_dim" and rule["target_hidden"] == 256
     assert set(rule["scaled"]) == {"hidden_size", "intermediate_size", "head_dim"}
-    assert rule["widths"] == {"base": 64, "delta": 128, "target": 256}
+    assert hf.widths(make_model) == (64, 128, 256)
     small = rule["adjusted"]["small_config"]
     assert small["num_hidden_layers"] == 2 and small["vocab_size"] == 256
 

@@ -26,7 +26,7 @@ from .inputs import _image_shape, _token_ids
 from .modal import modal_inputs
 from .patterns import BASE_WIDTH, GROWS, TARGET_WIDTH, VOCAB
 from .resolve import _model_class, _narrowed, _sources, _task
-from .rule import WidthRule, _base_width, _spec_at, _width_rule
+from .rule import WidthRule, _spec_at, _width_rule
 
 __all__ = ["factory", "widths", "example_inputs", "model_types", "WidthRule", "WithEncoderStates", "GROWS",
            "BASE_WIDTH", "TARGET_WIDTH", "VOCAB"]
@@ -89,7 +89,7 @@ def widths(make_model) -> tuple:
     rule = getattr(make_model, "rule", None)
     if not isinstance(rule, WidthRule):
         raise MuRewriteError("widths() takes a factory made by muprewrite.hf.factory(...)")
-    base = _base_width(rule)
+    base = rule.suggested_base
     if base is None:
         raise MuRewriteError(
             f"no base width below {rule.target_hidden // 2} keeps every scaled field of {rule.model_type} a positive "

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-import torch
 
 from ..errors import MuRewriteError
+from ..passes.capture import build_model
 from .configs import (
     _Source, _all_even, _attr, _flat_keys, _hidden_path, _int_values, _is_config, _is_derived, _is_int, _is_size,
     _kind_of, _map_values, _names, _own_fields, _primary_hidden, _real_path, _round_to, _set_path, _sub_config_names,
@@ -54,14 +55,20 @@ class WidthRule:
     accepts: object = None  # width -> whether the config class accepts the config at that width
     consistent: object = None  # base -> whether the model has one structure at base, 2 x base and the target
 
+    @functools.cached_property
+    def suggested_base(self) -> int | None:
+        """The base width `hf.widths` suggests (None: there is none), found once."""
+        return _base_width(self)
+
     def as_dict(self) -> dict:
-        """The JSON-serialisable account shown in the report (`make_model.width_rule`)."""
+        """The JSON-serialisable account shown in the report (`make_model.width_rule`). The suggested
+        widths are not in it: finding them builds the model three times (`suggested_base`)."""
         return {"model_type": self.model_type, "model_class": self.model_class, "task": self.task,
                 "source": self.source, "grow": self.grow, "target_hidden": self.target_hidden,
                 "hidden_field": self.hidden_field, "scaled": {f.name: f.value for f in self.fields},
                 "derived": self.derived,
                 "widen": self.widen, "fixed_overrides": self.fixed, "adjusted": self.adjusted,
-                "width_multiple": self.width_multiple, "widths": _widths_or_none(self)}
+                "width_multiple": self.width_multiple}
 
 
 def _width_rule(source: _Source, spec: dict, target, grow: str, fixed: dict, widen, task, model_class) -> WidthRule:
@@ -119,8 +126,7 @@ def _structure_probe(config_class, model_class, spec: dict, rule: WidthRule):
 def _shapes(config_class, model_class, spec: dict):
     """{name: shape} of the parameters and buffers of the model built on meta, or None if it does not build."""
     try:
-        with torch.device("meta"):
-            model = model_class(config_class(**copy.deepcopy(spec)))
+        model = build_model(lambda _: model_class(config_class(**copy.deepcopy(spec))), 0, "meta")
     except Exception:  # any failure: the width is not usable (the factory reports it when called)
         return None
     return {name: tuple(t.shape) for name, t in itertools.chain(model.named_parameters(), model.named_buffers())}
@@ -253,12 +259,6 @@ def _base_width(rule: WidthRule):
             if rule.consistent(width):
                 return width
     return first
-
-
-def _widths_or_none(rule: WidthRule):
-    """The suggested widths as a dict, or None when there is no base width."""
-    base = _base_width(rule)
-    return None if base is None else {"base": base, "delta": 2 * base, "target": rule.target_hidden}
 
 
 def _sizes_at(rule: WidthRule, width: int, min_head: int) -> bool:
