@@ -13,7 +13,8 @@ Linear's kaiming init before the model's own normal init) costs nothing. A model
 model its factory builds, drawn from another part of the RNG stream (a skipped fill draws
 nothing): the same distributions, not the same numbers. `build_deferred` builds one so and keeps
 the fills with it: verify runs the seed-0 delta build the init scan read (`DeferredBuild.finished`)
-instead of building that model again.
+instead of building that model again, the fills of the copies' own tensors never run (it reads
+their representatives' in their place).
 """
 
 from __future__ import annotations
@@ -90,16 +91,9 @@ class Deferred(TorchDispatchMode):
         entry = self.pending.get(_key(tensor)) if tensor.numel() else None
         return None if entry is None else _described(entry, tensor)
 
-    def take_draw(self, tensor: torch.Tensor, source: torch.Tensor, source_fill) -> bool:
-        """Give `tensor` `source`'s values instead of a draw of its own where it waits for
-        `source_fill`, the fill `source` waited for after the build (`fill_of`), drawn now if not yet."""
-        if source_fill is None or self.fill_of(tensor) != source_fill:
-            return False
-        self.run(source)
-        del self.pending[_key(tensor)]
-        with torch.no_grad():
-            tensor.copy_(source)
-        return True
+    def drop(self, tensor: torch.Tensor) -> None:
+        """Forget the fill `tensor` waits for: it keeps the values it was allocated with."""
+        self.pending.pop(_key(tensor), None)
 
     def run_all(self) -> None:
         """Run every fill still waiting (in the order the build asked for them)."""
@@ -134,13 +128,12 @@ class DeferredBuild:
             yield self.fills
             self.rng = torch.get_rng_state()
 
-    def finished(self, alike=()) -> nn.Module:
-        """The model with every waiting fill run; `alike`: (tensor, source) pairs, each tensor taking
-        its source's values where both wait for the same fill (`Deferred.take_draw`)."""
+    def finished(self, unread=()) -> nn.Module:
+        """The model with every waiting fill run but those of `unread`: tensors whose values
+        nothing will read, left as allocated (uninitialised, never written: no memory touched)."""
+        for tensor in unread:
+            self.fills.drop(tensor)
         with self.stream() as fills:
-            waited_for = {id(source): fills.fill_of(source) for _, source in alike}  # before any is drawn
-            for tensor, source in alike:
-                fills.take_draw(tensor, source, waited_for[id(source)])
             fills.run_all()
         return self.model
 

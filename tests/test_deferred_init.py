@@ -60,27 +60,24 @@ def test_init_scan_matches_an_eager_build(name):
         assert math.isclose(entry.base_std, std, rel_tol=tolerance, abs_tol=1e-9), name_
 
 
-class TouchesItsFirstBlock(nn.Module):
-    """Three identical blocks; the build scales block 0's bias after its fill (it holds more than
-    its fill's draw, so no block may take its values)."""
-
+class ThreeBlocks(nn.Module):
     def __init__(self, width):
         super().__init__()
         self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(3))
-        with torch.no_grad():
-            self.blocks[0].bias.mul_(2.0)
 
 
-def test_a_copy_takes_its_representatives_draw_only_where_both_wait_for_the_same_fill():
-    build = build_deferred(TouchesItsFirstBlock, 16, seed=0)
-    model, fills = build.model, build.fills
-    first = model.blocks[0]
-    alike = [(model.blocks[i].weight, first.weight) for i in (1, 2)] + [(model.blocks[1].bias, first.bias)]
-    build.finished(alike)
-    assert torch.equal(model.blocks[1].weight, first.weight) and torch.equal(model.blocks[2].weight, first.weight)
-    assert not torch.equal(model.blocks[1].bias, first.bias)  # block 0's bias was filled and changed in the build
-    assert not torch.equal(model.blocks[2].bias, model.blocks[1].bias)  # each drew its own
-    assert fills.pending == {}
+def test_a_finished_build_leaves_unread_tensors_unwritten_and_fills_the_rest():
+    build = build_deferred(ThreeBlocks, 16, seed=0)
+    model = build.model
+    unread = [model.blocks[1].weight, model.blocks[2].bias]
+    before = [tensor.view(torch.int32).clone() for tensor in unread]  # the bits they were allocated with
+    build.finished(unread)
+    assert all(torch.equal(tensor.view(torch.int32), was) for tensor, was in zip(unread, before))
+    fan_in_bound = 1 / 16 ** 0.5  # kaiming uniform, as nn.Linear fills them
+    filled = [model.blocks[0].weight, model.blocks[0].bias, model.blocks[1].bias, model.blocks[2].weight]
+    assert all(0 < float(t.abs().max()) <= fan_in_bound for t in filled)
+    assert not torch.equal(model.blocks[0].weight, model.blocks[2].weight)  # each drew its own
+    assert build.fills.pending == {}
 
 
 def test_the_init_scan_reads_a_build_it_is_given_as_it_would_its_own():
@@ -89,7 +86,7 @@ def test_the_init_scan_reads_a_build_it_is_given_as_it_would_its_own():
     copies = find_repeats(module.make_model(widths.base))
     given = build_deferred(module.make_model, widths.delta, seed=SEED)
     assert scan_init(module.make_model, widths, copies, given) == scan_init(module.make_model, widths, copies)
-    assert given.fills.pending  # the copies drawn alike still wait: verify fills them
+    assert given.fills.pending  # the copies drawn alike still wait: verify leaves them unread
 
 
 class BiasedWithAComputedTable(nn.Module):

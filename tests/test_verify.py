@@ -48,6 +48,19 @@ def test_dropped_hook_is_caught():
         verify(module.make_model, module.example_inputs(), plan, width, realize_fn=realize_without_hooks)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_infinity_on_one_side_only_is_caught(tied_gpt, bad):
+    module, plan, width = tied_gpt  # a NaN compares false with any bound: it must not pass for "close"
+
+    def realize_with_a_bad_output(model, plan, reinit):
+        realize(model, plan, reinit)
+        model.register_forward_hook(lambda m, args, output: output.index_fill(-1, torch.tensor([0]), bad))
+        return model
+
+    with pytest.raises(VerificationError, match="output 0 of the realized model differs from the edited graph by up to inf"):
+        verify(module.make_model, module.example_inputs(), plan, width, realize_fn=realize_with_a_bad_output)
+
+
 def test_edit_on_the_wrong_call_is_caught(tied_gpt):
     module, plan, width = tied_gpt
     # Move the readout multiplier from the readout linear to the first linear in the root's scope.
