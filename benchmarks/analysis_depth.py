@@ -210,7 +210,7 @@ def target_rows(results: dict) -> list:
         ("analysis_over_mup_80", "80 x 8192: analysis <= {:g} x mup", ".2f", {80},
          lambda p: ratio(results[80], "analysis", "mup", p)),
         ("growth_8_to_80", "analysis time 80 layers / 8 layers <= {:g}", ".2f", {8, 80},
-         lambda p: results[80]["analysis"][f"{p}_s"] / results[8]["analysis"][f"{p}_s"]),
+         lambda p: ratio_between(results, "analysis", p)),
         ("analysis_peak_rss_gib", "peak RSS of the analysis <= {:g} GiB (largest over the configs)", ".2f", set(), rss),
         ("verification_share", "verification adds <= {:.0%} to the analysis (largest over the configs)", "+.0%",
          set(), share),
@@ -244,8 +244,20 @@ def markdown(env: dict, baseline: dict, results: dict) -> str:
         f"{env['repeats']} subprocess(es) per cell.", "",
         md_table(headers, results_rows(results)), "", *notes, "",
         "## Targets", "",
-        md_table(["target", "cold", "warm"], target_rows(results)), "",
+        md_table(["target", "cold", "warm"], target_rows(results)), "", *mup_growth_line(results),
         "## Environment", "", env_md(env)])
+
+
+def mup_growth_line(results: dict) -> list:
+    """mup's own 80 / 8 layer growth, for reference (its three model builds grow with depth too)."""
+    if not {8, 80} <= results.keys():
+        return []
+    growth = " / ".join(f"{ratio_between(results, 'mup', p):.2f}" for p in PHASES)
+    return [f"For reference, mup's own time 80 layers / 8 layers (cold / warm): {growth}.", ""]
+
+
+def ratio_between(results: dict, name: str, phase: str) -> float:
+    return results[80][name][f"{phase}_s"] / results[8][name][f"{phase}_s"]
 
 
 def main() -> None:
