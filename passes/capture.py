@@ -41,7 +41,7 @@ from ..errors import CaptureError, MuRewriteError
 from ..widths import WIDTH_NAMES, Widths
 from .capture_failures import (Failure, Strategy, capture_error, describe_failure, exception_chain, fallback_note, first_line,
                                next_strategy, user_location)
-from .passthrough import StubError, stubbed
+from .passthrough import StubError, copies_own, refuse_reads, stubbed
 from .repeats import find_repeats
 
 @dataclass
@@ -230,6 +230,7 @@ def _capture_widths(factory, inputs, widths: Widths, strategy: Strategy, copies:
             with stubbed(model, copies, positions):
                 programs[name] = _export(model, inputs_at(inputs, widths[name]), strategy)
             _check_copies_placed(programs[name], copies, positions)
+            refuse_reads(programs[name], copies_own(model, copies) if copies else {})
         except Exception as exc:
             raise Failure(exc, model, strategy, name, built=True) from exc
     return programs, model, positions

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,11 +23,41 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import CaptureError
 from .realize import counting_calls, skip_calls
+from .repeats import representative_of
 
 
 class StubError(CaptureError):
     """A copy cannot be replaced by a pass-through (its outputs are not shaped like its inputs)."""
 
+
+
+def copies_own(model: nn.Module, copies: dict) -> dict:
+    """{name: tensor}, under each of its names, of the parameters and buffers known only by names
+    inside copies (not a tensor tied into a representative too)."""
+    names = {}
+    for name, tensor in itertools.chain(model.named_parameters(remove_duplicate=False),
+                                        model.named_buffers(remove_duplicate=False)):
+        names.setdefault(id(tensor), (tensor, []))[1].append(name)
+    return {name: tensor for tensor, known_as in names.values()
+            if all(representative_of(name, copies) is not None for name in known_as) for name in known_as}
+
+
+def refuse_reads(program: torch.export.ExportedProgram, tensors: dict) -> None:
+    """StubError if `program`, captured with the copies passed through, reads one of `tensors`
+    (`copies_own`): code outside a copy holds it by a reference the stub cannot see (a plain list),
+    and the graph has it as a parameter or a lifted constant. The same storage is the same tensor
+    (`_cdata`: a meta tensor has no data pointer to tell storages apart)."""
+    signature = program.graph_signature
+    named = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+    storages = {tensor.untyped_storage()._cdata: name for name, tensor in tensors.items()}
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or not node.users:
+            continue
+        constant = program.constants.get(signature.inputs_to_lifted_tensor_constants.get(node.name))
+        read = named.get(node.name) if named.get(node.name) in tensors else \
+            storages.get(constant.untyped_storage()._cdata) if isinstance(constant, torch.Tensor) else None
+        if read is not None:
+            raise StubError(f"the model reads {read}, a tensor of a repeated block, outside the block")
 
 
 @dataclass

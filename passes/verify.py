@@ -35,7 +35,7 @@ from ..plan import Plan
 from .capture import build_model, export_with_fallbacks, inputs_at, split_inputs
 from .deferred_init import DeferredBuild
 from .realize import interceptors, realize
-from .passthrough import StubError, stubbed
+from .passthrough import StubError, copies_own, refuse_reads, stubbed
 from .repeats import representative_of
 from .rewrite import rewrite_graph
 
@@ -51,9 +51,11 @@ def verify(factory, inputs, plan: Plan, width: int, realize_fn=realize, built: D
     scan's), verified instead of building another."""
     torch.manual_seed(0)
     inputs = inputs_at(inputs, width)
-    built = _finished(built, plan.repeats) if built is not None else build_model(factory, width)
+    unread = copies_own(built.model, plan.repeats) if built is not None else {}  # left unfilled: see above
+    built = built.finished(unread.values()) if built is not None else build_model(factory, width)
     with stubbed(built, plan.repeats):  # captured before realize puts its hooks on it
         exported = export_with_fallbacks(built, inputs, "cpu")
+    refuse_reads(exported.program, unread)
     realized = realize_fn(built, _without_copies(plan), reinit=True)
     oracle = _loaded(rewrite_graph(exported.program.module(), plan), realized)
     realized.train(exported.mode == "train")  # the mode the graph could be captured in
@@ -79,23 +81,6 @@ def _differences(got: tuple, want: tuple, baseline: dict) -> dict:
             # forward runs under no_grad, such as reversible layers): only the outputs are compared
             "gradients": None if want_grads is None else _compare("gradient of", grads, want_grads,
                                                                   baseline["gradients"])}
-
-
-def _finished(built: DeferredBuild, copies: dict) -> torch.nn.Module:
-    """The deferred build with every fill run but those of the copies' own tensors: nothing reads
-    those (`_check_copies` runs each copy on its representative's tensors), so an 80-layer model's
-    copies are never written, a quarter of a GiB at delta width."""
-    return built.finished(unread=_copies_own(built.model, copies))
-
-
-def _copies_own(model, copies: dict) -> list:
-    """The tensors known only by names inside copies (not a tensor tied into a representative too)."""
-    names = {}
-    for name, tensor in itertools.chain(model.named_parameters(remove_duplicate=False),
-                                        model.named_buffers(remove_duplicate=False)):
-        names.setdefault(id(tensor), (tensor, []))[1].append(name)
-    return [tensor for tensor, known_as in names.values()
-            if all(representative_of(name, copies) is not None for name in known_as)]
 
 
 def _without_copies(plan: Plan) -> Plan:

@@ -409,3 +409,20 @@ def test_alike_parts_of_blocks_told_apart_are_copies():
     assert_same_plan(shared, every)
     result = muprewrite.mupify(make, base=16, target=128, example_inputs=IDS, materialize=False)
     assert result.report.verification["copies"] == 3
+
+
+def test_a_copys_tensor_read_outside_the_copy_makes_every_block_analysed():
+    class ReadsTheLastBlock(Stack):  # a plain list, not a registered module: the stub cannot see it
+        def __init__(self, width):
+            super().__init__(width)
+            self.probe = [self.blocks[3].up]
+
+        def forward(self, ids):
+            x = self.embed(ids)
+            for block in self.blocks:
+                x = block(x)
+            return self.head(x) + (x @ self.probe[0].weight.T).mean()
+
+    result = muprewrite.mupify(ReadsTheLastBlock, base=16, target=128, example_inputs=IDS, materialize=False)
+    assert not result.plan.repeats and result.report.verification["copies"] == 0  # every block analysed
+    assert any("blocks.3.up.weight" in note and "outside the block" in note for note in result.plan.notes)
