@@ -26,6 +26,7 @@ from ..errors import MuRewriteError, VerificationError
 from ..plan import Plan
 from .capture import split_inputs
 from .realize import REALIZED_FLAG, check_shapes, remove_edits
+from .verify import largest_difference, largest_magnitude
 
 RTOL = 1e-4  # folding moves rounding (r q instead of r on the logits, c W instead of c x), nothing else
 
@@ -111,8 +112,7 @@ def compare_outputs(reference: nn.Module, folded: nn.Module, inputs) -> float:
         if a.shape != b.shape:
             raise VerificationError(f"output {index} of the folded model has shape {tuple(a.shape)}, "
                                     f"the muP model's {tuple(b.shape)}")
-        diff = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
-        scale = float(b.double().abs().max()) if b.numel() else 0.0
+        diff, scale = largest_difference(a.double(), b.double()), largest_magnitude(b)  # a lone NaN: inf
         eps = torch.finfo(b.dtype).eps
         if diff > max(RTOL, 64 * eps) * scale + 1e-6:
             raise VerificationError(f"output {index} of the folded model differs from the muP model by {diff:.3g} "
@@ -162,9 +162,8 @@ def _check_still_tied(own: torch.Tensor, source: torch.Tensor, factor: float, ow
     """The untied readout must still be the factor times the embedding (up to rounding of the
     dtype it was saved in): the plan ties them, and the embedding is the one kept."""
     expected = source.detach().double() * factor
-    eps = torch.finfo(own.dtype).eps
-    bound = 4 * eps * float(expected.abs().max()) if expected.numel() else 0.0
-    if own.shape != source.shape or float((own.detach().double() - expected).abs().max()) > bound:
+    bound = 4 * torch.finfo(own.dtype).eps * largest_magnitude(expected)
+    if own.shape != source.shape or largest_difference(own.detach(), expected) > bound:
         raise MuRewriteError(
             f"'{own_name}' is no longer {factor:g} x '{tied_to}' (trained after folding?), but the plan ties them; "
             "the muP model cannot be restored exactly: keep training the folded model as SP, or restore "

@@ -199,7 +199,7 @@ def _close(got, want) -> bool:
         return not isinstance(got, torch.Tensor)
     if not isinstance(got, torch.Tensor) or got.shape != want.shape:
         return False
-    return not _largest_difference(got, want) > ATOL + RTOL * _largest_magnitude(want)
+    return not largest_difference(got, want) > ATOL + RTOL * largest_magnitude(want)
 
 
 def _loaded(module, realized):
@@ -213,7 +213,7 @@ def _loaded(module, realized):
 
 
 def _distances(got: dict, want: dict) -> dict:
-    return {key: _largest_difference(got[key], want[key])
+    return {key: largest_difference(got[key], want[key])
             for key in want if key in got and got[key].shape == want[key].shape}
 
 
@@ -242,21 +242,23 @@ def _compare(what: str, got: dict, want: dict, baseline: dict) -> float:
     for key in want:
         if got[key].shape != want[key].shape:
             raise VerificationError(f"{what} {key}: shape {tuple(got[key].shape)} vs {tuple(want[key].shape)}")
-        diff, noise = _largest_difference(got[key], want[key]), baseline.get(key, 0.0)
-        bound = ATOL + RTOL * _largest_magnitude(want[key]) + NOISE_MARGIN * noise  # rounding moves with the scale
+        diff, noise = largest_difference(got[key], want[key]), baseline.get(key, 0.0)
+        bound = ATOL + RTOL * largest_magnitude(want[key]) + NOISE_MARGIN * noise  # rounding moves with the scale
         if diff > bound:
             raise VerificationError(_mismatch(what, key, diff, noise))
         worst = max(worst, diff)
     return worst
 
 
-def _largest_difference(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got - want| (0.0 when empty) in one temporary: an 80-layer model's gradients are
-    64 M numbers, each pass over them tens of milliseconds. Entries equal or NaN on both sides
-    agree; a NaN or infinity on one side only is an infinite difference."""
+def largest_difference(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| (0.0 when empty) in one temporary (an 80-layer model's gradients are 64 M
+    numbers, each pass over them tens of milliseconds), at float32 or the wider input's precision.
+    Entries equal or NaN on both sides agree; a NaN or infinity on one side only is an infinite
+    difference (a NaN compares false with any bound: a check `difference > bound` passed it)."""
     if not want.numel():
         return 0.0
-    got, want = got.float(), want.float()
+    dtype = torch.promote_types(torch.promote_types(got.dtype, want.dtype), torch.float32)
+    got, want = got.to(dtype), want.to(dtype)
     difference = torch.sub(got, want).abs_()
     largest = float(difference.max())
     if math.isnan(largest):  # rare: only then the exact, slower test
@@ -265,14 +267,15 @@ def _largest_difference(got: torch.Tensor, want: torch.Tensor) -> float:
     return largest
 
 
-def _largest_magnitude(tensor: torch.Tensor) -> float:
+def largest_magnitude(tensor: torch.Tensor) -> float:
     """max |tensor| over its finite entries (0.0 when there are none)."""
     if not tensor.numel():
         return 0.0
-    low, high = (float(bound) for bound in torch.aminmax(tensor.float()))
+    tensor = tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+    low, high = (float(bound) for bound in torch.aminmax(tensor))
     if math.isfinite(low) and math.isfinite(high):
         return max(-low, high)
-    finite = tensor.float()[tensor.isfinite()]
+    finite = tensor[tensor.isfinite()]
     return float(finite.abs().max()) if finite.numel() else 0.0
 
 

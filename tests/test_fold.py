@@ -428,3 +428,18 @@ def test_fold_command_bad_input_is_one_line(tmp_path, capsys):
         assert code == EXIT_USER_ERROR and err.startswith("error:") and words in err, err
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_folded_output_with_a_nan_or_infinity_of_its_own_is_caught(bad):
+    from muprewrite.errors import VerificationError
+    from muprewrite.passes.fold import compare_outputs
+
+    reference = nn.Linear(4, 3)
+    folded = copy.deepcopy(reference)
+    with torch.no_grad():
+        folded.bias[0] = bad  # a NaN compares false with any bound: it must not pass for "close"
+    inputs = (torch.randn(2, 4),)
+    assert compare_outputs(reference, copy.deepcopy(reference), inputs) == 0.0
+    with pytest.raises(VerificationError, match="differs from the muP model by inf"):
+        compare_outputs(reference, folded, inputs)
