@@ -109,7 +109,7 @@ def _build_model_type(model_type: str, grow: str, forward: str) -> dict:
         models = {width: factory(width) for width in widths}
         for width, model in models.items():
             hidden = hidden_size(model.config, factory.width_rule["hidden_field"])
-            if hidden != width:
+            if hidden != factory.rule.hidden_at(width):  # a width multiplier is width / its unit
                 raise AssertionError(f"hidden size {hidden} at width {width}")
     if forward == "meta":
         # Fake tensors on meta: transformers skips its value checks on them, as under tracing.

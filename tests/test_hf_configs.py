@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+import muprewrite  # noqa: E402
 from muprewrite import hf  # noqa: E402
 from muprewrite.hf import inputs as hf_inputs  # noqa: E402
 from muprewrite.errors import MuRewriteError  # noqa: E402
@@ -532,3 +533,32 @@ def test_bare_type_gets_a_free_placeholder_id_where_its_default_leaves_none():
     others = {v for path, v in hf_inputs._token_id_fields(config) if path[-1] != "audio_token_id"}
     assert isinstance(config.audio_token_id, int) and config.audio_token_id < hf.VOCAB
     assert config.audio_token_id not in others
+
+
+def test_a_width_multiplier_of_the_configs_own_is_the_width_knob():
+    make_model = hf.factory("efficientnet")  # round_filters(channels x width_coefficient): the model's own
+    rule, default = make_model.width_rule, make_model.config
+    assert rule["hidden_field"] == "width_coefficient" and rule["target_hidden"] == 512  # 256 x 2.0
+    assert set(rule["scaled"]) == {"width_coefficient", "hidden_dim"}  # the per-stage lists stay
+    small = on_meta(make_model, 128).config
+    assert small.width_coefficient == 0.5 == make_model.rule.hidden_at(128) and small.hidden_dim == 640
+    assert small.in_channels == default.in_channels and small.out_channels == default.out_channels
+    pixels = hf.example_inputs(make_model)["pixel_values"]
+    for width in hf.widths(make_model):
+        assert make_model(width)(pixel_values=pixels).logits.shape == (2, default.num_labels)
+
+
+def test_a_real_config_with_a_depth_multiplier_is_planned_and_verified():
+    import transformers
+
+    config = transformers.MobileNetV2Config(depth_multiplier=1.4, image_size=32)
+    make_model = hf.factory(config)
+    base, delta, target = hf.widths(make_model)
+    assert target == round(256 * 1.4) and base % make_model.rule.width_multiple == 0 and delta == 2 * base
+    assert make_model(target).config.depth_multiplier == 1.4
+    result = muprewrite.mupify(make_model, base=base, target=target, example_inputs=hf.example_inputs(make_model),
+                               materialize=False)  # verified at delta width
+    plan = result.plan
+    assert plan.parameters["classifier.weight"].role == "output"  # the readout
+    convs = [e for n, e in plan.parameters.items() if n.endswith("convolution.weight") and all(e.infinite[:2])]
+    assert convs and all(e.role == "hidden" for e in convs)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import MuRewriteError
-from .patterns import KV_HEADS, TASKS, WIDTH_PATTERNS
+from .patterns import KV_HEADS, MULTIPLIER_UNIT, TASKS, WIDTH_MULTIPLIER, WIDTH_PATTERNS
 
 
 def model_types(task: str | None = None) -> dict:
@@ -103,6 +103,17 @@ def _primary_hidden(config):
         if isinstance(value, (list, tuple)):
             return name, max(value)
     return next(((n, v) for n, v in sizes if _is_int(v)), None)
+
+
+def _width_multiplier(config):
+    """((field,), width at the target) of a width multiplier of the config's own (MobileNet's
+    depth_multiplier, EfficientNet's width_coefficient): the model rounds each channel count it
+    computes from it, so no channel field is scaled; None when there is none."""
+    name = next((n for n, v in _own_fields(config) if re.fullmatch(WIDTH_MULTIPLIER, n)), None)
+    value = None if name is None else _attr(config, name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        return None
+    return (name,), max(1, round(MULTIPLIER_UNIT * value))
 
 
 def _hidden_path(config, task: str):

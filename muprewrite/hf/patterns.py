@@ -32,6 +32,10 @@ WIDTH_PATTERNS = {
                  r"|query_pre_attn_scalar",
     "heads": r".*heads|.*heads_per_layer|(.*_)?n_head",
 }
+# A float the model multiplies its own channel counts by (MobileNet's "depth" is channel depth): where the
+# config has one, it is the width knob, and width = MULTIPLIER_UNIT x the multiplier (steps of 1/32).
+WIDTH_MULTIPLIER = r"width_multiplier|width_coefficient|depth_multiplier"
+MULTIPLIER_UNIT, MULTIPLIER_STEP = 256, 8
 KV_HEADS = r".*(key_value|kv|key).*"  # head counts a bare type gets fewer of (grouped-query attention)
 GROUPS = r"(.*_)?n_groups|num_groups|n_group|topk_group|num_expert_group"  # must divide a head, channel or expert count
 EXPERTS = r"(num_|n_)?(local_|routed_|moe_)?experts|moe_num_experts"

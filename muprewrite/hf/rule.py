@@ -16,8 +16,9 @@ from ..passes.capture import build_model
 from .configs import (
     _Source, _all_even, _attr, _flat_keys, _hidden_path, _int_values, _is_config, _is_derived, _is_int, _is_size,
     _kind_of, _map_values, _names, _own_fields, _primary_hidden, _real_path, _round_to, _set_path, _sub_config_names,
+    _width_multiplier,
 )
-from .patterns import FEATURE_SIZE, MIN_BASE, MIN_HEAD_SIZE, PROBE_GROWTH
+from .patterns import FEATURE_SIZE, MIN_BASE, MIN_HEAD_SIZE, MULTIPLIER_STEP, PROBE_GROWTH
 
 
 @dataclass
@@ -55,6 +56,12 @@ class WidthRule:
     accepts: object = None  # width -> whether the config class accepts the config at that width
     consistent: object = None  # base -> whether the model has one structure at base, 2 x base and the target
 
+    def hidden_at(self, width: int):
+        """The value of the width field in the config at `width`: the width itself, or for a
+        width multiplier the multiplier at that width."""
+        field = next((f for f in self.fields if f.name == self.hidden_field and f.kind == "multiplier"), None)
+        return width if field is None else _scale(field.value, Fraction(width, self.target_hidden), False)
+
     @functools.cached_property
     def suggested_base(self) -> int | None:
         """The base width `hf.widths` suggests (None: there is none), found once."""
@@ -73,7 +80,8 @@ class WidthRule:
 
 def _width_rule(source: _Source, spec: dict, target, grow: str, fixed: dict, widen, task, model_class) -> WidthRule:
     """The fields to scale (the general rule, or `widen`), the hidden size they scale with, the width step."""
-    hidden_path, target_hidden = _hidden_path(target, task)
+    multiplier = None if widen else _width_multiplier(target)
+    hidden_path, target_hidden = _hidden_path(target, task) if multiplier is None else multiplier
     if hidden_path is None:
         raise MuRewriteError(f"{source.model_type}: no hidden size found in its config (hidden_size, d_model, "
                              "n_embd, ...); pass widen={field: multiple of the width} from Python")
@@ -83,6 +91,11 @@ def _width_rule(source: _Source, spec: dict, target, grow: str, fixed: dict, wid
     if widen:
         widen = {".".join(_real_path(source.config_class, k)): m for k, m in widen.items()}
         fields = [Field(tuple(k.split(".")), "widen", round(m * target_hidden)) for k, m in widen.items()]
+    elif multiplier is not None:  # the model multiplies its per-stage channel lists itself: they stay;
+        # a single size beside the multiplier is the model's at that multiplier (EfficientNet's hidden_dim)
+        fields = [Field(hidden_path, "multiplier", float(_attr(target, hidden_path[0])))] + [
+            f for f in _proportional_fields(target, spec, grow)
+            if not isinstance(f.value, (list, tuple)) and f.name not in _flat_keys(fixed)]
     else:
         fields = [f for f in _proportional_fields(target, spec, grow) if f.name not in _flat_keys(fixed)]
     if hidden_name not in {f.name for f in fields} and not _is_derived_path(target, spec, hidden_path):
@@ -93,7 +106,8 @@ def _width_rule(source: _Source, spec: dict, target, grow: str, fixed: dict, wid
     rule = WidthRule(source.model_type, model_class.__name__, task, grow, target_hidden, hidden_name, fields, fixed,
                      widen, adjusted, 1, source.origin, _attention_nodes(target, spec, grow),
                      _derived_sizes(target, spec, grow))
-    rule.width_multiple = _width_multiple(rule)
+    rule.width_multiple = math.lcm(MULTIPLIER_STEP, _width_multiple(rule)) if multiplier is not None else \
+        _width_multiple(rule)
     rule.accepts = lambda width: _accepts(source.config_class, _spec_at(spec, rule, width))
     rule.consistent = _structure_probe(source.config_class, model_class, spec, rule)
     return rule

@@ -10,6 +10,7 @@ from fractions import Fraction
 from .configs import (
     _attr, _declared, _is_derived, _is_int, _is_int_or_ints, _is_size, _kind, _kind_of, _map_values, _matches,
     _names, _own_fields, _primary_heads, _primary_hidden, _real_name, _round_to, _sub_config_names,
+    _width_multiplier,
 )
 from .patterns import (
     BASE_WIDTH, DROPPED_KEYS, EXPERTS, FEATURE_SIZE, GROUPS, HEAD_SIZE_STEP, KV_HEADS, LAYER_INDICES, LAYER_INTERVAL,
@@ -36,6 +37,7 @@ class _Shrink:
     hidden: int | None = None  # the default hidden size (an int; None for per-stage sizes)
     rotary: float = 1.0  # the fraction of a head that rotary embeddings rotate (partial_rotary_factor)
     positions: int | None = None  # the default number of positions (max_position_embeddings, ...)
+    multiplied: bool = False  # the model multiplies its channel counts by a width multiplier of the config
 
 
 def _small_spec(config, grow: str, grouped: bool = True, shallow: bool = True) -> dict:
@@ -105,7 +107,7 @@ def _shrink(config, grow: str, grouped: bool, shallow: bool) -> _Shrink:
     staged = any(isinstance(_attr(config, n), (list, tuple)) for n in ("depths", "depth"))
     return _Shrink(_depth(config), staged, name, ratio, head_ratio, heads, kv_heads,
                    _attr(config, "image_size") is not None, grow, shallow, hidden if _is_int(hidden) else None,
-                   _rotary_fraction(config), _positions(config))
+                   _rotary_fraction(config), _positions(config), _width_multiplier(config) is not None)
 
 
 def _rotary_fraction(config) -> float:
@@ -154,6 +156,8 @@ def _small_value(config_class, name: str, value, shrink: _Shrink):
     """The small-config value of one field, or None to keep the default."""
     names = _names(config_class, name)
     kind = _kind_of(names)
+    if kind in ("hidden", "intermediate") and shrink.multiplied:
+        return None  # channels at multiplier 1: the model multiplies them (and rounds) itself
     if kind == "heads":
         return _small_heads(names, value, shrink)
     if kind is not None:
