@@ -36,7 +36,7 @@ from .capture import build_model, export_with_fallbacks, inputs_at, split_inputs
 from .deferred_init import DeferredBuild
 from .realize import interceptors, realize
 from .passthrough import StubError, copies_own, refuse_reads, stubbed
-from .repeats import representative_of
+from .repeats import inside, representative_of
 from .rewrite import rewrite_graph
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -159,7 +159,7 @@ def _as_called_in(representative: str, calls: dict, path: str, args, kwargs) -> 
 def _within(path: str, tensors: dict) -> dict:
     """`tensors` named inside the module at `path`, by their names relative to it (a copy inside
     a representative holds its own representative's tensors there too)."""
-    return {name[len(path) + 1:]: tensor for name, tensor in tensors.items() if name.startswith(path + ".")}
+    return {name[len(path) + 1:]: tensor for name, tensor in tensors.items() if inside(name, path)}
 
 
 def _record_calls(model, blocks: dict, inputs, tensors: dict) -> dict:

@@ -562,3 +562,12 @@ def test_a_real_config_with_a_depth_multiplier_is_planned_and_verified():
     assert plan.parameters["classifier.weight"].role == "output"  # the readout
     convs = [e for n, e in plan.parameters.items() if n.endswith("convolution.weight") and all(e.infinite[:2])]
     assert convs and all(e.role == "hidden" for e in convs)
+
+
+def test_a_multiplier_beside_a_hidden_size_is_not_the_width():
+    import transformers
+
+    config = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=4, vocab_size=256, width_multiplier=2.0)  # a muP-style knob
+    rule = hf.factory(config).width_rule
+    assert rule["hidden_field"] == "hidden_size" and "width_multiplier" not in rule["scaled"]

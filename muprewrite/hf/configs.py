@@ -108,7 +108,10 @@ def _primary_hidden(config):
 def _width_multiplier(config):
     """((field,), width at the target) of a width multiplier of the config's own (MobileNet's
     depth_multiplier, EfficientNet's width_coefficient): the model rounds each channel count it
-    computes from it, so no channel field is scaled; None when there is none."""
+    computes from it, so no channel field is scaled; None when there is none, or when the config
+    has a hidden_size (then that is the width, and the multiplier means something else)."""
+    if _is_int(_attr(config, "hidden_size")):
+        return None
     name = next((n for n, v in _own_fields(config) if re.fullmatch(WIDTH_MULTIPLIER, n)), None)
     value = None if name is None else _attr(config, name)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
