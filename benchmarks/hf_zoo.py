@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import math
 import re
 import signal
 import subprocess
@@ -52,6 +51,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import env_md, environment, mark_end, md_table  # noqa: E402
+from _zoo_checks import (  # noqa: E402,F401  the shared checks (moved from here)
+    CONTRACTIONS, attention_failures, attention_modules, growing_attention, head_size, hidden_rule_holds,
+    is_attention, multi_head_attentions, one_line, plan_failures, readout_failures, readouts, weight_products,
+    _einsum_fan_in, _fan_in, _tensors,
+)
 
 OUTCOMES = ("ok", "wrong", "error", "crash", "build", "meta-only")
 
@@ -153,267 +157,6 @@ def hidden_size(config, hidden_field: str):
     return max(node) if isinstance(node, (list, tuple)) else node
 
 
-CONTRACTIONS = {"linear", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "baddbmm", "einsum",
-                "conv1d", "conv2d", "conv3d"}
-
-
-def weight_products(model, inputs) -> tuple:
-    """(products, logits): every weight product of one forward in order, as (parameter names, fan-in,
-    the products upstream of its activation operand), and the last products upstream of the logits.
-    Activations are the inputs and what is computed from them; a weight is a parameter, a view of one
-    or a tensor computed from parameters alone (mobilebert's cat of two weights); "upstream" follows
-    the data flow back to the nearest weight products."""
-    from torch.overrides import TorchFunctionMode
-
-    by_storage = collections.defaultdict(set)
-    for name, param in model.named_parameters(remove_duplicate=False):
-        by_storage[param.untyped_storage().data_ptr()].add(name)
-    sources = {id(t): frozenset() for t in _tensors(inputs)}  # activation -> nearest products upstream
-    weights, products, keep = {}, [], list(_tensors(inputs))  # keep: no id is reused during the forward
-
-    def weight_names(tensor) -> set:
-        if id(tensor) in weights:
-            return weights[id(tensor)]
-        try:
-            return by_storage.get(tensor.untyped_storage().data_ptr(), set())
-        except (RuntimeError, NotImplementedError):  # a tensor without storage
-            return set()
-
-    class Trace(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            operands = list(_tensors((args, kwargs)))
-            activations = [t for t in operands if id(t) in sources]
-            names = set().union(*(weight_names(t) for t in operands if id(t) not in sources))
-            results = list(_tensors(out))
-            keep.extend(results)
-            if not activations:
-                weights.update({id(t): names for t in results if names})
-                return out
-            upstream = frozenset().union(*(sources[id(t)] for t in activations))
-            fan_in = _fan_in(getattr(func, "__name__", ""), args, kwargs) if names else None
-            if fan_in is not None:
-                products.append((tuple(sorted(names)), fan_in, upstream))
-                upstream = frozenset({len(products) - 1})
-            sources.update({id(t): upstream for t in results})
-            return out
-
-    with Trace():
-        output = model(**inputs)
-    logits = getattr(output, "logits", None)
-    logits = logits if logits is not None else next(_tensors(output), None)
-    return products, sources.get(id(logits), frozenset()) if logits is not None else frozenset()
-
-
-def _tensors(value):
-    """The tensors in a value (nested lists, tuples, dicts and model outputs)."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-
-
-def _fan_in(name: str, args, kwargs):
-    """The contracted size of a weight product (None when `name` is no contraction)."""
-    def operand(index: int, *keys):
-        return args[index] if len(args) > index else next((kwargs[k] for k in keys if k in kwargs), None)
-
-    if name not in CONTRACTIONS:
-        return None
-    if name == "einsum":
-        return _einsum_fan_in(args[0], list(_tensors(args[1:]))) if args and isinstance(args[0], str) else None
-    if name == "linear" or name.startswith("conv"):
-        weight = operand(1, "weight")
-        return math.prod(weight.shape[1:]) if weight is not None else None
-    first = operand(1, "mat1", "batch1") if name in ("addmm", "baddbmm") else operand(0, "input")
-    return first.shape[-1] if first is not None and first.dim() else None
-
-
-def _einsum_fan_in(equation: str, operands: list):
-    """The product of the sizes of the indices an einsum sums over."""
-    inputs, arrow, output = equation.replace(" ", "").partition("->")
-    terms = inputs.split(",")
-    sizes = {}
-    for term, operand in zip(terms, operands):
-        letters = term.replace("...", "")
-        offset = operand.dim() - len(letters)
-        sizes.update({letter: operand.shape[offset + i] for i, letter in enumerate(letters)})
-    if not arrow:
-        output = "".join(sorted(c for c in sizes if inputs.count(c) == 1))
-    return math.prod(size for letter, size in sizes.items() if letter not in output)
-
-
-def readouts(at_base: tuple, at_delta: tuple) -> list | None:
-    """The parameter names of each readout: walking the data flow back from the logits, the first
-    weight products whose fan-in differs between base and delta (products with a fixed fan-in, like
-    RemBERT's decoder from output_embedding_size, are passed through); None when the two forwards
-    make different products."""
-    (products, logits), (delta_products, _) = at_base, at_delta
-    if len(products) != len(delta_products):
-        return None
-    frontier, seen, found = list(logits), set(), set()
-    while frontier:
-        index = frontier.pop()
-        if index in seen:
-            continue
-        seen.add(index)
-        names, fan_in, upstream = products[index]
-        if fan_in != delta_products[index][1]:
-            found.add(names)
-        else:
-            frontier.extend(upstream)
-    return sorted(list(names) for names in found)
-
-
-def growing_attention(at_base: dict, at_delta: dict) -> dict:
-    """{module: attention calls} of the modules whose q·k contracted size differs between the
-    two widths (those need muP's attention scale; a fixed d_head does not)."""
-    return {m: len(sizes) for m, sizes in at_base.items() if at_delta.get(m) and sizes != at_delta[m]}
-
-
-def attention_modules(model, inputs) -> dict:
-    """{module path: [d_head of each attention call in one forward]}: the innermost module running
-    each scaled_dot_product_attention (d_head: the query's last dim) or multi-head attention function
-    (embed_dim / num_heads), or each softmax over attention scores (4-D, or 3-D square; d_head: the
-    last dim of the latest product of two activations before it)."""
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    names = {id(m): n for n, m in model.named_modules()}
-    stack, calls, last_product = [], collections.defaultdict(list), [None]
-    softmaxes = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax}
-    products = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm,
-                torch.baddbmm, torch.Tensor.baddbmm, torch.einsum}
-
-    class Calls(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            flat = [x for a in (*args, *kwargs.values()) for x in (a if isinstance(a, (list, tuple)) else [a])]
-            tensors = [a for a in flat if isinstance(a, torch.Tensor)]  # einsum(eq, [q, k]) too
-            # under no_grad only a parameter (or a view of one) requires grad: a projection, not q·k
-            if func in products and len(tensors) >= 2 and not any(t.requires_grad for t in tensors):
-                last_product[0] = tuple(t.shape[-1] for t in tensors)
-            if stack and is_attention(func, args, softmaxes):
-                calls[stack[-1]].append(head_size(func, args) or last_product[0])
-            return func(*args, **kwargs)
-
-    def enter(module, args):
-        stack.append(names[id(module)])
-
-    def leave(module, args, output):
-        stack.pop()
-
-    handles = []
-    for module in model.modules():
-        handles.append(module.register_forward_pre_hook(enter))
-        handles.append(module.register_forward_hook(leave, always_call=True))
-    try:
-        with Calls():
-            model(**inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return dict(calls)
-
-
-def multi_head_attentions() -> set:
-    """nn.MultiheadAttention's functions: the slow path, and the fast path it takes in eval under no_grad
-    (either runs its softmax where a TorchFunctionMode does not see it)."""
-    import torch
-
-    return {torch.nn.functional.multi_head_attention_forward, torch._native_multi_head_attention}
-
-
-def head_size(func, args):
-    """The d_head of an attention call that names it (scaled_dot_product_attention: the query's last dim;
-    multi-head attention: embed_dim / num_heads); None for a softmax."""
-    import torch
-
-    if func is torch.nn.functional.scaled_dot_product_attention:
-        return args[0].shape[-1]
-    if func in multi_head_attentions():
-        return args[3] // args[4]  # (query, key, value, embed_dim, num_heads, ...)
-    return None
-
-
-def is_attention(func, args, softmaxes) -> bool:
-    import torch
-
-    if func is torch.nn.functional.scaled_dot_product_attention or func in multi_head_attentions():
-        return True
-    if func in softmaxes and args and isinstance(args[0], torch.Tensor):
-        shape = args[0].shape
-        return len(shape) >= 4 or (len(shape) == 3 and shape[-1] == shape[-2])
-    return False
-
-
-def plan_failures(plan: dict, readouts, attention: dict, grow: str) -> list:
-    """The checks (a)-(d) of the module docstring that the plan fails, one line each."""
-    params = plan.get("parameters", {})
-    failures = []
-    unclassified = [n for n, p in params.items() if p.get("role") == "unclassified" or
-                    any(u.get("role") == "unclassified" for u in p.get("uses", []))]
-    if unclassified:
-        failures.append(f"unclassified: {len(unclassified)} parameters ({', '.join(unclassified[:3])})")
-    wrong_hidden = [n for n, p in params.items() if not hidden_rule_holds(p)]
-    if wrong_hidden:
-        failures.append(f"hidden rule: {len(wrong_hidden)} infinite x infinite matrices ({', '.join(wrong_hidden[:3])})")
-    failures += readout_failures(params, readouts)
-    failures += attention_failures(plan.get("edits", []),
-                                   collections.Counter(attention) if grow == "head_dim" else collections.Counter())
-    return failures
-
-
-def readout_failures(params: dict, readouts) -> list:
-    """Check (c): each readout (a list of parameter names, see `readouts`) has a parameter with a use
-    of role output."""
-    if readouts is None:
-        return ["output: the forwards at base and delta make different weight products"]
-    if not readouts:
-        return ["output: no weight product with an infinite fan-in computes the logits"]
-    roles = {n: {u.get("role") for u in p.get("uses", [])} for name, p in params.items()
-             for n in (name, *p.get("aliases", []))}
-    missing = [names for names in readouts if not any("output" in roles.get(n, ()) for n in names)]
-    return [f"output: no parameter of the readout {', '.join(names)} has a use with role output" for names in missing]
-
-
-def attention_failures(edits: list, expected: collections.Counter) -> list:
-    """Every attention module gets edits on at least as many q·k contractions as it makes attention
-    calls (one softmax can have several: content and position terms), no other module does, and
-    no contraction is edited twice."""
-    def related(a: str, b: str) -> bool:  # the q·k contraction may run in the softmax's parent, child or sibling
-        return a == b or a.startswith(b + ".") or b.startswith(a + ".") or a.rpartition(".")[0] == b.rpartition(".")[0]
-
-    # a learned query (a parameter) contracted with the keys is a readout, whose 1/m multiplier (with the
-    # model's own width-dependent scale held at base) gives the logits the same 1/d
-    scaled = [e for e in edits if e.get("kind") in ("attention_scale", "readout_multiplier")]
-    missing = sorted(m for m in expected if sum(1 for e in scaled if related(e.get("module", ""), m)) < expected[m])
-    edits = [e for e in edits if e.get("kind") == "attention_scale"]
-    extra = sorted({e.get("module") for e in edits if not any(related(e.get("module", ""), m) for m in expected)})
-    # a contraction is a node run by a call of a module (a repeated block's copy names its representative's nodes)
-    twice = len(edits) - len({(e.get("module"), e.get("call"), e.get("node")) for e in edits})
-    if missing or extra or twice:
-        return [f"attention_scale: {len(edits)} edits for {sum(expected.values())} attention calls (missing "
-                f"{', '.join(missing[:2]) or '-'}; unexpected {', '.join(extra[:2]) or '-'}; edited twice {twice})"]
-    return []
-
-
-def hidden_rule_holds(param: dict) -> bool:
-    """A 2-D tensor with both dims infinite is hidden with Adam LR x 1/m (m: its fan_in multiplier)."""
-    if len(param.get("shape", [])) != 2 or not all(param.get("infinite", [])):
-        return True
-    mults = [u.get("fan_in_mult") for u in param.get("uses", []) if u.get("fan_in_mult")]
-    if param.get("role") != "hidden" or not mults:
-        return False
-    return math.isclose(param.get("lr_mult", {}).get("adam", 0.0), 1 / mults[0], rel_tol=1e-6)
-
 
 def check_build(model_type: str, grow: str = "head_dim") -> dict:
     """Build-only: the factory at base, delta and target on meta, one forward on meta (retried with
@@ -434,11 +177,6 @@ def check_build(model_type: str, grow: str = "head_dim") -> dict:
                 record["message"] = one_line(exc)
     record["seconds"] = time.perf_counter() - start
     return record
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 # Running the zoo -----------------------------------------------------------------------------
