@@ -15,7 +15,9 @@ from torch import nn
 from .errors import MuRewriteError, WidthPredictionError
 from .optimizers import family
 from .loading import infer_example_inputs
+from .passes import ops
 from .passes.attention import find_attention
+from .passes.contractions import scale_free_products
 from .passes.capture import build_model, capture, inputs_at
 from .passes.decide import decide
 from .passes.dims import Dataflow, analyse_dims
@@ -220,6 +222,10 @@ def _built_on_meta(factory, width: int) -> nn.Module | None:
 def model_notes(factory, flow: Dataflow) -> list:
     """What the plan should say about where the model came from and how it was captured."""
     notes = list(getattr(flow.captures, "notes", []))
+    notes += [f"the product {name} ({ops.op_name(flow.fx(name))}) in {flow.module(name) or 'the root module'} "
+              "contracts two activations over a dim that grows with width, and its size cancels (a ratio of "
+              "products of the same operand, or a norm, as in linear attention): no edit"
+              for name in scale_free_products(flow)]
     rule = getattr(factory, "width_rule", None)
     if rule:
         scaled = ", ".join(f"{k}={v}" for k, v in rule.get("scaled", {}).items())

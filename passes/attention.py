@@ -24,13 +24,8 @@ from torch import fx
 
 from ..widths import WIDTH_NAMES, Widths, WidthShape, record_at, scalar_at
 from . import ops
+from .contractions import grows, growing_products, of_activations, param_behind, score_path, score_paths
 from .dims import Dataflow
-
-# Ops on a logit path that keep the logits a linear function of q·k (their constant factors are
-# the model's scale); past any other op (tanh soft-capping, clamps) the scale is not read on.
-_AFFINE = {"add", "sub", "mul", "div", "masked_fill", "where", "dropout", "native_dropout", "_to_copy", "to",
-           "type_as", "float"}
-
 
 @dataclass(frozen=True)
 class AttentionSite:
@@ -90,7 +85,8 @@ def _combined_scale(terms: list, d_head: int) -> float:
 
 
 def find_attention(flow: Dataflow) -> list:
-    """Every SDPA call, and every parameter-free contraction whose result reaches a softmax."""
+    """Every SDPA call, every parameter-free contraction whose result reaches a softmax, and every
+    product of activations over a growing dim whose result reaches only score functions."""
     sites, seen = [], set()
     for name in flow.graph.nodes:
         kind = ops.kind(flow.fx(name))
@@ -101,7 +97,18 @@ def find_attention(flow: Dataflow) -> list:
                 if contraction not in seen:
                     seen.add(contraction)
                     sites.append(_matmul_site(flow, contraction, path))
+    for contraction in growing_products(flow):  # logits that meet no softmax op: exp/logsumexp, sigmoid, ReLU
+        path = None if contraction in seen else score_path(flow, contraction)
+        if path is not None and _is_qk(flow, contraction) and of_activations(flow, contraction) \
+                and _one_scale(flow, contraction):
+            sites.append(_matmul_site(flow, contraction, path))
     return sites
+
+
+def _one_scale(flow: Dataflow, contraction: str) -> bool:
+    """Whether the logits reach every score function they meet with the same constant factors."""
+    region_paths = [_path_terms(flow, path) for path in score_paths(flow, contraction)]
+    return all(terms == region_paths[0] for terms in region_paths)
 
 
 def hidden_logit_paths(flow: Dataflow) -> list:
@@ -114,7 +121,7 @@ def hidden_logit_paths(flow: Dataflow) -> list:
             continue
         direct = {c for c, _ in _qk_contractions(flow, name)}
         for contraction, blocker in _contractions_past_unknown_ops(flow, name):
-            if contraction not in direct and _grows(flow, contraction):
+            if contraction not in direct and grows(flow, contraction):
                 found.append((name, blocker, contraction))
     return found
 
@@ -181,11 +188,6 @@ def _is_qk(flow: Dataflow, name: str) -> bool:
         and not _has_parameter_operand(flow, node)
 
 
-def _grows(flow: Dataflow, name: str) -> bool:
-    d_head = _d_head(flow, name)
-    return d_head["base"] != d_head["delta"]
-
-
 def _graph_order(flow: Dataflow):
     index = {name: i for i, name in enumerate(flow.graph.nodes)}
     return lambda name: index[name]
@@ -203,7 +205,7 @@ def _sdpa_site(flow: Dataflow, name: str) -> AttentionSite:
 
 def _has_parameter_operand(flow: Dataflow, contraction: fx.Node) -> bool:
     """A contraction with a weight is a projection, not q·k (e.g. a classifier before softmax)."""
-    return any(_param_behind(flow, arg) for arg in contraction.all_input_nodes)
+    return any(param_behind(flow, arg) for arg in contraction.all_input_nodes)
 
 
 def _query_dims(flow: Dataflow, name: str) -> tuple:
@@ -245,7 +247,7 @@ def _path_terms(flow: Dataflow, path: list) -> tuple:
     for name in path[1:-1]:
         node = flow.fx(name)
         op = ops.op_name(node)
-        if ops.kind(node) != ops.VIEW and op not in _AFFINE:
+        if ops.kind(node) != ops.VIEW and op not in ops.LOGIT_AFFINE:
             break
         other = {w: ops.node_slots(flow.fx(name, w)).get("other") for w in WIDTH_NAMES}
         if op in ops.SCALAR_ARITH and any(isinstance(v, (int, float)) for v in other.values()):
@@ -309,7 +311,7 @@ def _projection_slices(flow: Dataflow, node: fx.Node, piece):
         return None
     slots = ops.node_slots(node)
     for weight_slot in spec.contracts:
-        weight = _param_behind(flow, slots.get(weight_slot))
+        weight = param_behind(flow, slots.get(weight_slot))
         shape = flow.shape(flow.parameters()[weight]) if weight else None
         if weight is None or shape is None or len(shape.base) != 2:
             continue
@@ -317,19 +319,8 @@ def _projection_slices(flow: Dataflow, node: fx.Node, piece):
         start, stop = piece if piece is not None else (0, None)
         slices = {weight: {"dim": 1 - contracted[0], "start": start, "stop": stop}}
         for bias_slot in spec.bias:
-            bias = _param_behind(flow, slots.get(bias_slot))
+            bias = param_behind(flow, slots.get(bias_slot))
             if bias is not None:
                 slices[bias] = {"dim": 0, "start": start, "stop": stop}
         return slices
-    return None
-
-
-def _param_behind(flow: Dataflow, node) -> str | None:
-    """The parameter a node is (a view of), if any."""
-    while isinstance(node, fx.Node):
-        if flow.graph.nodes[node.name]["param"]:
-            return flow.graph.nodes[node.name]["param"]
-        if ops.kind(node) != ops.VIEW or not node.args or ops.op_name(node) in ("cat", "stack"):
-            return None
-        node = node.args[0]
     return None

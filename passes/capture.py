@@ -39,8 +39,8 @@ from torch.utils._pytree import tree_map
 
 from ..errors import CaptureError, MuRewriteError
 from ..widths import WIDTH_NAMES, Widths
-from .capture_failures import (Failure, Strategy, capture_error, describe_failure, exception_chain, fallback_note, first_line,
-                               next_strategy, user_location)
+from .capture_failures import (DATA_DEPENDENT, Failure, Strategy, capture_error, describe_failure, exception_chain,
+                               fallback_note, first_line, next_strategy, user_location)
 from .passthrough import StubError, copies_own, refuse_reads, stubbed
 from .repeats import find_repeats
 
@@ -54,6 +54,8 @@ class Captures:
     notes: list = field(default_factory=list)  # one line per fallback taken, saying why
     repeats: dict = field(default_factory=dict)  # copy path -> representative path, passed through
     copy_positions: dict = field(default_factory=dict)  # copy path -> the last graph node when it ran
+    # where the model branches on tensor data, when it was traced on real tensors (Strategy.tracer)
+    branches: str | None = None
 
     parameter_order: list = field(default_factory=list)  # every parameter's first name, in the model's order
 
@@ -159,7 +161,13 @@ def _capture(factory, inputs, widths: Widths, copies: dict, base_model: nn.Modul
         notes = [fallback_note(f, widths) for f in failures]
         return Captures(widths=widths, programs=programs, aliases=tied_names(model),
                         mode=strategy.mode, device=strategy.device, notes=notes, repeats=dict(copies),
-                        copy_positions=positions, parameter_order=[name for name, _ in model.named_parameters()])
+                        copy_positions=positions, parameter_order=[name for name, _ in model.named_parameters()],
+                        branches=_branch_location(failures) if strategy.tracer == "real" else None)
+
+
+def _branch_location(failures: list) -> str:
+    first = next(f for f in failures if f.cause == DATA_DEPENDENT)
+    return user_location(first.exc, first.model)
 
 
 def _stub_error(exc: BaseException) -> StubError | None:
@@ -264,9 +272,28 @@ def _build(factory, width: int, strategy: Strategy, width_name: str) -> nn.Modul
 def _export(model: nn.Module, inputs, strategy: Strategy) -> torch.export.ExportedProgram:
     device = "cpu" if strategy.device == "fake-cpu" else strategy.device
     args, kwargs = split_inputs(to_device(inputs, device))
-    model.train(strategy.mode == "train")
-    with torch.device(device), _quiet(), _no_node_stack_traces():
-        return torch.export.export(model, args, kwargs, strict=False)
+    model.train(strategy.mode == "train")  # left in the mode it was captured in
+    with _state_kept(model):
+        trace = torch.export.draft_export if strategy.tracer == "real" else torch.export.export
+        with torch.device(device), _quiet(), _no_node_stack_traces():
+            return trace(model, args, kwargs, strict=False)
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module):
+    """Every module's attributes, buffers, parameters and children as they were before the export:
+    a forward that caches a tensor on its module (a rotary table stored with register_buffer) would
+    otherwise leave it holding a fake tensor, which the next eager run reads."""
+    saved = [(m, dict(m.__dict__), dict(m._buffers), dict(m._parameters), dict(m._modules)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, attributes, buffers, parameters, children in saved:
+            module.__dict__.clear()
+            module.__dict__.update(attributes)
+            for table, kept in ((module._buffers, buffers), (module._parameters, parameters), (module._modules, children)):
+                table.clear()
+                table.update(kept)
 
 
 @contextlib.contextmanager

@@ -51,6 +51,9 @@ class Strategy:
 
     device: str = "meta"  # "meta" | "fake-cpu" | "cpu" (real tensors: verify, coordcheck)
     mode: str = "train"
+    # "export": torch.export; "real": torch.export's draft mode on real tensors, where the example's
+    # own values decide each data-dependent branch (`if mask.any()`, an expert loop over hit experts)
+    tracer: str = "export"
 
 
 class Failure(Exception):
@@ -82,6 +85,8 @@ def next_strategy(failure: Failure, may_change_device: bool = True) -> Strategy 
     strategy = failure.strategy
     if failure.cause == DATA_DEPENDENT and strategy.mode == "train":
         return replace(strategy, mode="eval")
+    if failure.cause == DATA_DEPENDENT and strategy.tracer == "export" and (may_change_device or strategy.device == "cpu"):
+        return Strategy(device="cpu", mode="train", tracer="real")
     if failure.cause not in (DATA_DEPENDENT, INPUTS) and strategy.device == "meta" and may_change_device:
         return replace(strategy, device="fake-cpu")
     if failure.cause not in (INPUTS, WIDTH) and failure.built and strategy.mode == "train":
@@ -92,6 +97,10 @@ def next_strategy(failure: Failure, may_change_device: bool = True) -> Strategy 
 def fallback_note(failure: Failure, widths: Widths | None = None) -> str:
     """One line saying which fallback `failure` led to, and why."""
     at = f" at width {widths[failure.width]}" if widths is not None and failure.width else ""
+    if failure.cause == DATA_DEPENDENT and failure.strategy.mode == "eval":
+        return (f"traced on real tensors (CPU, train mode): the model branches on tensor data{at}"
+                f"{user_location(failure.exc, failure.model)}; the graph holds the branches the example inputs "
+                "take, the same at every width (checked), and verification runs the realized model eagerly on them")
     if failure.cause == DATA_DEPENDENT:
         return (f"captured in eval mode: train mode{at} has data-dependent control flow"
                 f"{user_location(failure.exc, failure.model)}; train-only branches (LayerDrop, say) are not in the graph")
@@ -108,7 +117,9 @@ def fallback_note(failure: Failure, widths: Widths | None = None) -> str:
 def capture_error(failures: list, widths: Widths) -> CaptureError:
     """The error to raise when every fallback failed: a factory failure as the factory raised it
     on the meta device, else the last tracing failure described."""
-    traced = [f for f in failures if f.built]
+    # tracing on real tensors is the last resort for data-dependent control flow: where it fails
+    # too, the export's own failure names the construct and its fix
+    traced = [f for f in failures if f.built and f.strategy.tracer == "export"] or [f for f in failures if f.built]
     if not traced:
         return failures[0].exc
     last = traced[-1]  # a factory that fails only under a fallback: the trace failure that led there says more

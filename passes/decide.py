@@ -24,6 +24,7 @@ from ..rules import KEEP, attention_factor, rule_for, weight_decay_mult
 from ..widths import check_at
 from . import ops
 from .attention import hidden_logit_paths
+from .contractions import undecided
 from .dims import Dataflow
 from .foldable import place_folds
 from .passthrough import StubError
@@ -71,6 +72,7 @@ def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization:
     if options["unknown_ops"] == "error":
         _refuse_unknown_uses(flow, uses)
         _refuse_hidden_logits(flow)
+        _refuse_undecided_products(flow, sites)
     if options["unresolved_init"] == "error":
         _refuse_unresolved_init(init)
     zeroed = _zero_init_slices(uses, sites, options, at)
@@ -167,9 +169,13 @@ def _refuse_unknown_uses(flow: Dataflow, uses: dict) -> None:
                 raise StubError(f"parameter '{name}' not used in the captured call of {block}, a block others repeat "
                                 "(a copy may use it: an argument can pick which tensors a block uses); pass "
                                 "share_blocks=False to analyse every block")
+            branches = flow.captures.branches
+            taken = "" if branches is None else (
+                f" (the model branches on tensor data{branches}, so it was traced on real tensors and holds the "
+                "branches the example takes: every expert of a mixture needs tokens routed to it)")
             raise MuRewriteError(
-                f"parameter '{name}' is not used by the model's forward on the example inputs, so its muP role "
-                "is unknown; pass example inputs that run it (e.g. pixel_values for a vision tower), or pass "
+                f"parameter '{name}' is not used by the model's forward on the example inputs{taken}, so its muP "
+                "role is unknown; pass example inputs that run it (e.g. pixel_values for a vision tower), or pass "
                 "--option unknown_ops=sp to keep such tensors in SP (the report marks them)")
     for name, param_uses in uses.items():
         for use in param_uses:
@@ -197,6 +203,15 @@ def _refuse_hidden_logits(flow: Dataflow) -> None:
             f"contraction {contraction} (its d_head grows with width) through {ops.op_name(flow.fx(blocker))}, "
             "an op muprewrite cannot see through, so the attention scale cannot be set; compute the logits "
             "with pointwise ops, or pass --option unknown_ops=sp to leave this attention in SP")
+
+
+def _refuse_undecided_products(flow: Dataflow, sites: list) -> None:
+    for contraction, reason in undecided(flow, {site.node for site in sites}):
+        raise MuRewriteError(
+            f"the product {contraction} ({ops.op_name(flow.fx(contraction))}) in "
+            f"{where(flow, contraction, flow.module(contraction))} contracts over a dim that grows with width, and "
+            f"{reason}, so muprewrite cannot tell which scale it needs; feed it to a softmax or a score function as "
+            "attention logits, normalise it (a ratio or a norm), or pass --option unknown_ops=sp to leave it in SP")
 
 
 def _param_plan(flow, node, name, param_uses, stats, parametrization, options, at) -> ParamPlan:

@@ -73,7 +73,7 @@ def analyse_dims(captures: Captures) -> Dataflow:
     params = {node: canonical.get(fqn, fqn)  # a tied tensor goes by its first name in named_parameters()
               for node, fqn in captures.programs["target"].graph_signature.inputs_to_parameters.items()}
     user_inputs = set(captures.programs["target"].graph_signature.user_inputs)
-    _check_same_structure(graphs)
+    _check_same_structure(graphs, captures.branches)
     graph = nx.DiGraph()
     for nodes in zip(*(graphs[name].nodes for name in WIDTH_NAMES)):
         by_width = dict(zip(WIDTH_NAMES, nodes))
@@ -95,12 +95,20 @@ def analyse_dims(captures: Captures) -> Dataflow:
     return Dataflow(graph=graph, widths=captures.widths, captures=captures, modules=modules)
 
 
-def _check_same_structure(graphs: dict) -> None:
-    """Same nodes, same ops, same order at every width; else name the first difference."""
+def _check_same_structure(graphs: dict, branches: str | None = None) -> None:
+    """Same nodes, same ops, same order at every width; else name the first difference. `branches`:
+    where the model branches on tensor data (graphs traced on real tensors, each holding the branches
+    its example took, and guards that say which)."""
     rows = itertools.zip_longest(*(graphs[name].nodes for name in WIDTH_NAMES))
     for nodes in rows:
         base = nodes[0]
         for name, node in zip(WIDTH_NAMES, nodes):
+            if _signature(node) != _signature(base) and branches is not None:
+                raise WidthError(
+                    f"the model branches on tensor data{branches}, and the example inputs take another branch at "
+                    f"{name} width than at base (the graphs first differ at node {_describe(base)} vs "
+                    f"{_describe(node)}); muP needs the same computation at every width: make the condition not "
+                    "depend on the weights' values, or compute both sides and select with torch.where")
             if _signature(node) != _signature(base):
                 raise WidthError(
                     f"the graph at {name} width differs from the base graph at node "

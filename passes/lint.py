@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..plan import Plan, PlanWarning
 from . import ops
+from .contractions import undecided
 from .decide import norm_gains
 from .dims import Dataflow
 
@@ -17,7 +18,7 @@ UNIFORM_KURTOSIS = -0.9  # excess kurtosis: -1.2 for a uniform init, 0 for a Gau
 
 
 def lint(flow: Dataflow, uses: dict, sites: list, init: dict, plan: Plan) -> list:
-    checks = (_unclassified, _tied, _uniform_init, _unresolved_init, _squashing, _small_heads, _gains,
+    checks = (_unclassified, _undecided_products, _tied, _uniform_init, _unresolved_init, _squashing, _small_heads, _gains,
               _coupled_decay, _width_dependent_constants)
     return [w for check in checks for w in check(flow, uses, sites, init, plan)]
 
@@ -29,6 +30,17 @@ def _unclassified(flow, uses, sites, init, plan):
         yield PlanWarning("unclassified-use", f"{len(names)} parameter(s) reach an op the compiler does not "
                           f"understand ({', '.join(seen)}); as asked (unknown_ops='sp') they keep the standard "
                           "parametrization, so they may not transfer", "docs/design.md: fail closed", names)
+
+
+def _undecided_products(flow, uses, sites, init, plan):
+    if plan.options.get("unknown_ops") != "sp":
+        return
+    nodes = [node for node, _ in undecided(flow, {site.node for site in sites})]
+    if nodes:
+        yield PlanWarning("undecided-product", "product(s) of activations over a dim that grows with width whose "
+                          "scale muprewrite cannot decide (no softmax or score function follows, the size does not "
+                          "cancel); as asked (unknown_ops='sp') they keep the model's own scale, so they may not "
+                          "transfer", "docs/design.md: fail closed", nodes, _located(flow, nodes))
 
 
 def _tied(flow, uses, sites, init, plan):

@@ -131,6 +131,10 @@ REGISTRY = {
     **dict.fromkeys(("masked_fill", "triu", "tril"), OpSpec(POINTWISE)),
     **dict.fromkeys(("sym_size", "_assert_tensor_metadata", "_assert_scalar", "sym_numel", "output",
                      "_set_grad_enabled", "_enter_autocast", "_exit_autocast"), OpSpec(IGNORED)),
+    # read only their input's shape, dtype and device (`A_log.new_zeros(...)`): no value flows, no use
+    **dict.fromkeys(("new_zeros", "new_empty", "new_full", "new_ones", "new_empty_strided", "zeros_like",
+                     "empty_like", "ones_like", "full_like", "rand_like", "randn_like", "randint_like"),
+                    OpSpec(IGNORED)),
 }
 # Python functions that make family calls of their own (the interception stays active inside).
 COMPOSITES = {F.multi_head_attention_forward}
@@ -142,6 +146,27 @@ NORMALIZING = {"rsqrt", "sqrt", "var", "std", "var_mean", "std_mean", "linalg_ve
 RECIPROCALS = {"rsqrt", "reciprocal"}  # grow exactly when their input shrinks
 # views that place a tensor into another (q written into a larger tensor): not a view of it alone
 PLACING = {"index_put", "slice_scatter", "select_scatter", "constant_pad_nd", "pad"}  # q into another tensor
+# views that join several tensors into one (a fused weight built by cat; bias_k appended to the keys)
+JOINING = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "index_put", "slice_scatter",
+           "select_scatter"}
+# Ops on an attention-logit path that keep the logits a linear function of q·k (their constant
+# factors are the model's scale); past any other op (tanh soft-capping, clamps) the scale is not read on.
+LOGIT_AFFINE = {"add", "sub", "mul", "div", "masked_fill", "where", "dropout", "native_dropout", "_to_copy", "to",
+                "type_as", "float"}
+# How an op's result scales when a tensor flowing into it is multiplied by a common factor s: its
+# degree in s (passes/contractions.py asks whether the size of a product of two activations cancels).
+# "alike": every scaled input has one degree and the result has it (views, sums, adds, clamps; a plain
+# number added, an eps, is taken as negligible); "product": degrees add (mul, a contraction);
+# "quotient": the input's minus the other's; a number: that multiple of the input's degree.
+DEGREE_ALIKE = {"add", "sub", "where", "masked_fill", "clamp", "clamp_min", "clamp_max", "maximum", "minimum",
+                "abs", "sum", "mean", "cumsum", "amax", "amin", "max", "min", "linalg_vector_norm", "norm", "std",
+                "triu", "tril"}
+SUMMING = {"sum", "mean"}  # over given dims: with an elementwise product inside, a contraction written out
+DEGREE_FACTOR = {"reciprocal": -1.0, "rsqrt": -0.5, "sqrt": 0.5, "var": 2.0, "square": 2.0}
+# non-linear functions of an attention score (attention whose logits meet no softmax op: exp over a
+# logsumexp, sigmoid or ReLU scores): what q·k reaches when its scale matters
+SCORE_FUNCTIONS = {"exp", "sigmoid", "relu", "gelu", "silu", "elu", "tanh", "softplus", "logsumexp", "amax", "max",
+                   "log_sigmoid", "hardtanh", "leaky_relu", "relu6", "special_expit", "exp2"}
 # nn.Linear classes whose forward is F.linear(input, weight, bias) and nothing else (hooks on the
 # module's input scale exactly that call; the weight attribute is the one the call reads)
 LINEAR_MODULES = {"torch.nn.modules.linear.Linear", "torch.nn.modules.linear.NonDynamicallyQuantizableLinear"}

@@ -20,6 +20,7 @@ Writes: the same module (same class, hierarchy, parameters and state_dict keys) 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import torch
@@ -100,18 +101,26 @@ def _length(param: torch.Tensor, piece: dict) -> int:
 
 
 def install_edits(model: nn.Module, edits: list) -> None:
-    by_module = {}
+    """One hook or interceptor per module *object*: a module listed at several paths (a weight-tied
+    layer run at each) gets its paths' edits, the k-th path's calls numbered after the earlier paths'."""
+    hooked, by_object = {}, {}
     for edit in edits:
+        module = model.get_submodule(edit.module)
         if edit.realized_by == "forward_pre_hook":
-            model.get_submodule(edit.module).register_forward_pre_hook(ScaleFirstInput(edit.factor))
+            if id(module) not in hooked:
+                hooked[id(module)] = edit.factor
+                module.register_forward_pre_hook(ScaleFirstInput(edit.factor))
+            elif hooked[id(module)] != edit.factor:
+                raise MuRewriteError(f"module '{edit.module}' is listed at several places with different readout "
+                                     "multipliers; give each place its own module")
         else:
-            by_module.setdefault(edit.module, []).append(edit)
+            by_object.setdefault(id(module), (module, {}))[1].setdefault(edit.module, []).append(edit)
     installed = []
-    for path, module_edits in by_module.items():
-        module = model.get_submodule(path)
+    for module, by_path in by_object.values():
         if isinstance(module.__dict__.get("forward"), InterceptCalls):
-            raise MuRewriteError(f"module '{path}' already has muprewrite edits; apply a plan to a fresh model")
-        interceptor = InterceptCalls(module, module_edits)
+            raise MuRewriteError(f"module '{next(iter(by_path))}' already has muprewrite edits; apply a plan to a "
+                                 "fresh model")
+        interceptor = InterceptCalls(module, _numbered_across_paths(by_path))
         module.forward = interceptor  # wherever this forward runs: __call__, checkpoint(m.forward), compile
         # fused fast paths that would skip this forward (nn.TransformerEncoderLayer's inference
         # kernel) are not taken while any submodule has a hook
@@ -119,6 +128,16 @@ def install_edits(model: nn.Module, edits: list) -> None:
         installed.append(interceptor)
     if installed:  # each forward of the model counts its modules' calls from 0
         model.register_forward_pre_hook(ResetCalls(installed))
+
+
+def _numbered_across_paths(by_path: dict) -> list:
+    """(edit as the object counts its calls, the plan's edit): the paths in the order their edits run."""
+    total = sum(max(e.calls for e in path_edits) for path_edits in by_path.values())
+    numbered, offset = [], 0
+    for path_edits in by_path.values():
+        numbered += [(dataclasses.replace(e, call=offset + e.call, calls=total), e) for e in path_edits]
+        offset += max(e.calls for e in path_edits)
+    return numbered
 
 
 def remove_edits(model: nn.Module) -> nn.Module:
@@ -171,11 +190,15 @@ class InterceptCalls:
     the edits the plan made for call k."""
 
     def __init__(self, module: nn.Module, edits: list):
+        """`edits`: (edit as this object counts its calls, the plan's edit) pairs."""
         self.module = module
         self.edits = {}  # (call, family, occurrence) -> the edits of that op (a weight and its bias, say)
-        for edit in edits:
-            self.edits.setdefault((edit.call, edit.family, edit.occurrence), []).append(edit)
-        self.calls_per_forward = max((e.calls for e in edits), default=1)
+        self.planned = {}  # the same key -> (module path, (call, family, occurrence)) of the plan's edits
+        for edit, planned in edits:
+            key = (edit.call, edit.family, edit.occurrence)
+            self.edits.setdefault(key, []).append(edit)
+            self.planned.setdefault(key, set()).add((planned.module, (planned.call, planned.family, planned.occurrence)))
+        self.calls_per_forward = max((e.calls for e, _ in edits), default=1)
         self.calls = 0
         self.depth = 0
         self.fired = Counter()

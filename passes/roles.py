@@ -22,6 +22,7 @@ from torch import fx
 
 from ..widths import WidthShape
 from . import ops
+from .contractions import data_dependent
 from .dims import Dataflow
 
 
@@ -85,6 +86,12 @@ def _classify(flow: Dataflow, param_node: str, source: fx.Node, user: fx.Node, s
     if kind == ops.IGNORED:
         return None
     operand_shape = flow.shape(source.name)
+    if kind == ops.VIEW and _joins_activation(flow, user, source):
+        # bias_k appended to the keys, a token placed among the activations: a piece of that
+        # activation, coordinate-wise like a bias (a contraction it then meets is the activation's)
+        param_shape = flow.shape(param_node)
+        return Use(user.name, name, flow.module(user.name), "vector" if param_shape.num_infinite else "scalar",
+                   param_shape, None, slot)
     if kind == ops.VIEW or _is_scalar_arith(flow, user, name, slot) or isinstance(operand_shape, list):
         return "follow"  # a multi-output node is only read through getitem
     if kind == ops.POINTWISE and _same_shape(flow.shape(param_node), operand_shape) \
@@ -106,6 +113,14 @@ def _classify(flow: Dataflow, param_node: str, source: fx.Node, user: fx.Node, s
         return Use(user.name, name, flow.module(user.name), role, param_shape, None, slot)
     role = "unclassified" if flow.shape(param_node).num_infinite else "scalar"
     return Use(user.name, name, flow.module(user.name), role, None, None, slot)
+
+
+def _joins_activation(flow: Dataflow, user: fx.Node, source: fx.Node) -> bool:
+    """Whether `user` puts the parameter's values together with an activation's (cat, stack, a scatter)."""
+    if ops.op_name(user) not in ops.JOINING:
+        return False
+    data = data_dependent(flow)
+    return any(a.name in data for a in user.all_input_nodes if a is not source)
 
 
 def _shapes_around(flow: Dataflow, user: fx.Node, source: fx.Node) -> dict:

@@ -16,6 +16,9 @@ from . import ops
 from .dims import Dataflow
 
 
+_OPERATORS = {"matmul": "@"}  # an op written as an operator, where the name alone finds no line
+
+
 def where(flow: Dataflow, node: str, module: str) -> str:
     """"module 'PATH' (Type) at FILE:LINE: `code`" (or "the root module ...") for an error message."""
     owner = f"module '{module}' ({flow.module_type(node).rpartition('.')[2]})" if module else "the root module"
@@ -32,8 +35,9 @@ def source_line(flow: Dataflow, node: str) -> str:
     except (OSError, TypeError):
         return ""
     op = ops.op_name(flow.fx(node)).strip("_")
+    spellings = [f".{op}(", f" {op}(", f"({op}("] + ([_OPERATORS[op]] if op in _OPERATORS else [])
     for offset, line in enumerate(lines):
-        if op and (f".{op}(" in line or f" {op}(" in line or f"({op}(" in line):
+        if op and any(spelling in line for spelling in spellings):
             return f" at {filename}:{first + offset}: `{line.strip()}`"
     return f" (its forward is at {filename}:{first})"
 

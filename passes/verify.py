@@ -26,13 +26,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import traceback
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
-from ..errors import VerificationError
+from ..errors import MuRewriteError, VerificationError
 from ..plan import Plan
 from .capture import build_model, export_with_fallbacks, inputs_at, split_inputs
+from .capture_failures import first_line, user_location
 from .deferred_init import DeferredBuild
 from .realize import interceptors, realize
 from .passthrough import StubError, copies_own, refuse_reads, stubbed
@@ -61,7 +63,7 @@ def verify(factory, inputs, plan: Plan, width: int, realize_fn=realize, built: D
     realized.train(exported.mode == "train")  # the mode the graph could be captured in
     with stubbed(realized, plan.repeats):
         got = _run(realized, inputs)
-    want = _run(oracle, inputs)
+    want = _run(oracle, inputs, graph=True)
     try:  # to rounding, with no allowance for the model's own graph-vs-eager distance
         differences = _differences(got, want, {"outputs": {}, "gradients": {}})
         baseline = None
@@ -101,7 +103,7 @@ def _baseline(unedited, inputs, exported, realized, copies: dict) -> dict:
     graph = _loaded(exported.program.module(), realized)
     with stubbed(plain, copies):
         got, got_grads = _run(plain, inputs)
-    want, want_grads = _run(graph, inputs)
+    want, want_grads = _run(graph, inputs, graph=True)
     return {"outputs": _distances(got, want),
             "gradients": {} if want_grads is None else _distances(got_grads, want_grads)}
 
@@ -217,7 +219,33 @@ def _distances(got: dict, want: dict) -> dict:
             for key in want if key in got and got[key].shape == want[key].shape}
 
 
-def _run(module, inputs):
+def _run(module, inputs, graph: bool = False):
+    """Outputs and parameter gradients of one forward and backward; what raises there is named, in one
+    line: the model's own code, or its captured graph (`graph`)."""
+    try:
+        return _forward_backward(module, inputs)
+    except (MuRewriteError, StubError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if graph and _backward_failed(exc):  # checked on its outputs only, as a graph with no gradient path
+            with torch.no_grad():
+                return _forward_backward(module, inputs)[0], None
+        if graph:
+            raise VerificationError(
+                f"the model's captured graph cannot run forward and backward on the example inputs, so the "
+                f"realized model cannot be checked against it: {type(exc).__name__}: {first_line(exc)} (an "
+                "in-place write inside an autograd.Function, say); pass --no-verify to skip the check") from exc
+        raise VerificationError(
+            f"running the model forward and backward on the example inputs raised {type(exc).__name__}: "
+            f"{first_line(exc)}{user_location(exc, module)}; check that the model as written runs "
+            "`model(*inputs).sum().backward()` on them, or run with --debug and report it") from exc
+
+
+def _backward_failed(exc: BaseException) -> bool:
+    return any(frame.name in ("backward", "_engine_run_backward") for frame in traceback.extract_tb(exc.__traceback__))
+
+
+def _forward_backward(module, inputs):
     args, kwargs = split_inputs(inputs)
     module.zero_grad(set_to_none=True)
     with torch.random.fork_rng(devices=[]):
@@ -294,7 +322,7 @@ def _mismatch(what: str, key: str, diff: float, noise: float) -> str:
 
 
 def _check_all_fired(model, plan: Plan) -> None:
-    fired = {(owner.edits[k][0].module, k) for owner in interceptors(model) for k in owner.fired}
+    fired = {planned for owner in interceptors(model) for k in owner.fired for planned in owner.planned[k]}
     for edit in plan.edits:
         key = (edit.module, (edit.call, edit.family, edit.occurrence))
         if edit.realized_by == "call_interception" and key not in fired:

@@ -192,15 +192,13 @@ def test_layerdrop_is_captured_in_eval_mode_with_every_layer():
 
 @pytest.mark.parametrize("model, line", [(ExpertHitLoop, "for expert_idx in expert_hit:"),
                                          (ExpertListLoop, ".tolist():")])
-def test_expert_hit_loop_is_a_one_line_error_naming_the_loop(model, line):
-    with pytest.raises(CaptureError) as info:
-        capture(model, X, WIDTHS)
-    message = str(info.value)
-    assert "\n" not in message
-    assert "in train or eval mode" in message
-    assert "the number of loop iterations depends on tensor values" in message
-    assert f"in module '(root)' ({model.__name__}), at {line_of(model, line)}" in message
-    assert "range(num_experts)" in message
+def test_an_expert_hit_loop_is_traced_on_real_tensors_naming_the_loop(model, line):
+    """torch.export refuses the loop in train and eval mode; the example's own routing then decides it."""
+    captures = capture(model, X, WIDTHS)
+    assert captures.device == "cpu"
+    assert f"in module '(root)' ({model.__name__}), at {line_of(model, line)}" in captures.branches
+    [note] = [n for n in captures.notes if "real tensors" in n]
+    assert line_of(model, line) in note and "\n" not in note
 
 
 def test_the_advised_static_expert_loop_captures_every_expert():
@@ -266,14 +264,10 @@ def test_fake_tensor_fallback_allocates_no_parameter_memory():
     assert peak_mib - before_mib < 256, f"peak RSS grew from {before_mib} to {peak_mib} MiB"
 
 
-def test_data_dependent_branch_error_says_so_and_names_the_line(capfd):
-    with pytest.raises(CaptureError) as info:
-        capture(Branchy, X, WIDTHS)
-    message = str(info.value)
-    assert message.startswith("torch.export could not capture Branchy in train or eval mode: "
-                              "Python control flow depends on a tensor's value")
-    assert f"in module '(root)' (Branchy), at {line_of(Branchy, 'if h.sum() > 0:')}: `if h.sum() > 0:`" in message
-    assert "torch.where" in message and "\n" not in message
+def test_a_data_dependent_branch_is_traced_on_real_tensors_naming_the_line(capfd):
+    captures = capture(Branchy, X, WIDTHS)
+    assert f"in module '(root)' (Branchy), at {line_of(Branchy, 'if h.sum() > 0:')}: `if h.sum() > 0:`" \
+        in captures.branches
     out, err = capfd.readouterr()
     assert out == "" and err == ""
 
@@ -295,9 +289,7 @@ class BranchyInGeneratedCode(nn.Module):
 
 
 def test_a_branch_in_generated_code_is_located_at_the_users_line_that_called_it():
-    with pytest.raises(CaptureError) as info:
-        capture(BranchyInGeneratedCode, X, WIDTHS)
-    message = str(info.value)
+    message = capture(BranchyInGeneratedCode, X, WIDTHS).branches
     assert "<string>" not in message
     assert f"at {line_of(BranchyInGeneratedCode, 'if _GENERATED')}" in message
 
@@ -355,4 +347,4 @@ def test_command_line_prints_the_capture_error_as_one_line_and_nothing_from_torc
     assert main([str(fixture)]) == EXIT_USER_ERROR
     out, err = capfd.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1, err
-    assert f"at {fixture}:22: `for expert_idx in expert_hit:`" in err and "range(num_experts)" in err
+    assert f"at {fixture}:22: `for expert_idx in expert_hit:`" in err

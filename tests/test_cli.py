@@ -87,10 +87,10 @@ def test_keyword_example_inputs_and_dict_outputs(capsys):
         ([FIXTURES / "ignores_width.py"], "seems to ignore its width"),
         ([FIXTURES / "finite_trap.py"], "is 16 at base and delta but 64 at target"),
         ([FIXTURES / "structure_changes.py"], "differs from the base graph at node"),
-        ([FIXTURES / "data_dependent.py"], "in module '(root)' (Branchy), at {}:15: `if h.sum() > 0:".format(
+        ([FIXTURES / "data_dependent.py"], "in module '(root)' (Branchy), at {}:16: `if h.shape[-1] * h.new_ones(()) > 48:".format(
             FIXTURES / "data_dependent.py")),
         ([FIXTURES / "factory_fails.py"], "width must be a multiple of 32"),
-        ([FIXTURES / "expert_hit_loop.py"], "the number of loop iterations depends on tensor values"),
+        ([FIXTURES / "expert_hit_loop.py"], "for expert_idx in expert_hit:"),
         ([ROOT / "examples" / "mlp.py", "--base", "64", "--delta", "64"], "delta width must differ"),
         ([FIXTURES / "ignores_width.py", "--base", "0"], "positive integer"),
         ([ROOT / "examples" / "mlp.py", "--base", "128", "--target", "64"], "below the base width 128"),

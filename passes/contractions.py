@@ -1,0 +1,247 @@
+"""contractions: every product of two activations over a width-growing dim gets a decision.
+
+Reads:  `Dataflow`.
+Writes: nothing; answers, for each contraction (matmul, bmm, einsum, ...) with no parameter operand
+        whose contracted dim grows with width:
+        * `score_path` — the path to a non-linear score function its result reaches through ops
+          affine in it (exp over a logsumexp, sigmoid or ReLU scores: attention without a softmax
+          op), when every such op leads to one; `attention.find_attention` makes it a site;
+        * `scale_free` — its size cancels: followed forward as a degree in a common factor s
+          (ops.DEGREE_*), together with every other such product sharing an operand with it (linear
+          attention's numerator and normaliser), nothing it reaches depends on s (a ratio, a norm);
+        * `undecided` — what is neither, with the reason: muP makes such a product grow as d where
+          the model expects sqrt(d), so a plan that left it alone would be wrong without a word;
+          decide refuses it, naming the op and its source line. A product of an activation with a
+          constant tensor (a buffer of random features) over a growing dim is undecided too: muP has
+          no rule for a fixed matrix of the width.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+from torch import fx
+
+from . import ops
+from .dims import Dataflow
+
+
+def growing_products(flow: Dataflow) -> list:
+    """Contractions of two non-parameter operands, at least one computed from the inputs, over a
+    dim that grows with width, in graph order."""
+    data = data_dependent(flow)
+    found = []
+    for name in flow.graph.nodes:
+        node = flow.fx(name)
+        spec = ops.spec(node)
+        if spec is not None and spec.kind == ops.CONTRACTION and spec.query is not None:
+            if not grows(flow, name):
+                continue
+        elif not _summed_product_grows(flow, name):
+            continue
+        operands = operands_of(flow, name)
+        if any(param_behind(flow, a) for a in operands) or not any(a.name in data for a in operands):
+            continue
+        if all(a.name in data or flow.is_constant(a.name) for a in operands):
+            found.append(name)
+    return found
+
+
+def of_activations(flow: Dataflow, contraction: str) -> bool:
+    """Whether every operand of the contraction is computed from the model's inputs."""
+    data = data_dependent(flow)
+    return all(a.name in data for a in operands_of(flow, contraction))
+
+
+def operands_of(flow: Dataflow, name: str) -> list:
+    """The tensors a contraction multiplies: its inputs, or the factors of a summed product."""
+    node = flow.fx(name)
+    if ops.kind(node) != ops.CONTRACTION:
+        node = node.args[0]
+    return [a for a in node.all_input_nodes if ops.kind(a) != ops.IGNORED]
+
+
+def _summed_product_grows(flow: Dataflow, name: str) -> bool:
+    """`(q * k).sum(-1)`: a sum over a growing dim of an elementwise product of two tensors."""
+    node = flow.fx(name)
+    if ops.op_name(node) not in ops.SUMMING or not node.args or not isinstance(node.args[0], fx.Node) \
+            or ops.op_name(node.args[0]) != "mul" or len(node.args[0].all_input_nodes) != 2:
+        return False
+    sizes = set()
+    for at in ("base", "delta"):
+        summed, product = flow.fx(name, at), flow.fx(name, at).args[0]
+        shape = tuple(product.meta["val"].shape) if product.meta.get("val") is not None else None
+        dims = ops.node_slots(summed).get("dim")
+        if shape is None or dims is None:
+            return False
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        sizes.add(tuple(shape[d] for d in dims))
+    return len(sizes) > 1
+
+
+def undecided(flow: Dataflow, decided: set) -> list:
+    """(contraction, reason) for every growing product that is no attention site and not scale-free."""
+    found = []
+    for name in growing_products(flow):
+        if name in decided:
+            continue
+        if ops.kind(flow.fx(name)) != ops.CONTRACTION and scale_free_blocker(flow, name) is not None:
+            found.append((name, "it is written as the sum of an elementwise product, whose scale muprewrite cannot "
+                                "change where it is computed (write it with matmul or einsum)"))
+        elif not of_activations(flow, name):
+            found.append((name, "one operand is a constant tensor (a buffer, random features), and muP has no rule "
+                                "for a fixed matrix of the width"))
+        elif (blocker := scale_free_blocker(flow, name)) is not None:
+            found.append((name, blocker))
+    return found
+
+
+def scale_free_products(flow: Dataflow) -> list:
+    """The growing products of activations whose size cancels (they need no edit), in graph order."""
+    return [name for name in growing_products(flow)
+            if of_activations(flow, name) and score_path(flow, name) is None and scale_free_blocker(flow, name) is None]
+
+
+def score_path(flow: Dataflow, contraction: str) -> list | None:
+    """The path from the contraction to the first score function its logits reach, when every op
+    past the ops affine in the logits is a score function; None otherwise."""
+    paths = score_paths(flow, contraction)
+    return paths[0] if paths else None
+
+
+def score_paths(flow: Dataflow, contraction: str) -> list:
+    """A path to each op past the ops affine in the logits, in graph order; [] unless all are score functions."""
+    region, ends = _affine_region(flow, contraction)
+    if not ends or any(ops.op_name(flow.fx(end)) not in ops.SCORE_FUNCTIONS for end in ends):
+        return []
+    paths = []
+    for end in sorted(ends, key=_graph_order(flow)):
+        on_path = nx.subgraph_view(flow.graph, filter_node=lambda n, end=end: n in region or n in (contraction, end))
+        paths.append(nx.shortest_path(on_path, contraction, end))
+    return paths
+
+
+def scale_free_blocker(flow: Dataflow, contraction: str) -> str | None:
+    """None when the contraction's size cancels; else why it does not, naming the op it reaches."""
+    seeds = _sharing_an_operand(flow, contraction)
+    degree = {}
+    order = list(flow.graph.nodes)
+    for name in order[min(order.index(s) for s in seeds):]:
+        node = flow.fx(name)
+        inputs = {a.name: degree.get(a.name, 0.0) for a in node.all_input_nodes}
+        if name not in seeds and not any(inputs.values()):
+            continue
+        found = _degree(node, degree)
+        if name in seeds and found is not None:
+            found += 1.0
+        if found is None:
+            module = f"module '{flow.module(name)}'" if flow.module(name) else "the root module"
+            return f"its size reaches {ops.op_name(node) or node.op} in {module}, which does not cancel it (under " \
+                   "muP a product of two activations grows as d, not sqrt(d))"
+        if found and ops.op_name(node) == "output":
+            return "its size reaches the model's output"
+        degree[name] = found
+    return None
+
+
+def _degree(node: fx.Node, degree: dict):
+    """The degree of the node's result in s, from its inputs' (None: not homogeneous, or not known)."""
+    name, kind = ops.op_name(node), ops.kind(node)
+    slots = ops.node_slots(node)
+    tensors = [a for a in node.all_input_nodes if ops.kind(a) != ops.IGNORED]
+    of = lambda value: degree.get(value.name, 0.0) if isinstance(value, fx.Node) else 0.0  # noqa: E731
+    if kind == ops.IGNORED:
+        return 0.0
+    if kind == ops.NORM:
+        others = [of(v) for s, v in slots.items() if s != "input" and isinstance(v, fx.Node)]
+        return 0.0 if not any(others) else None
+    if name == "output":
+        return max((abs(of(a)) for a in tensors), default=0.0)
+    if kind == ops.CONTRACTION or name == "mul":
+        return sum(of(a) for a in tensors)
+    if name == "div":
+        return of(slots.get("input")) - of(slots.get("other"))
+    if name == "pow" and isinstance(slots.get("exponent"), (int, float)):
+        return of(slots.get("input")) * slots["exponent"]
+    if name in ops.DEGREE_FACTOR:
+        return of(slots.get("input")) * ops.DEGREE_FACTOR[name]
+    if kind == ops.VIEW or name in ops.DEGREE_ALIKE or name in ops.LOGIT_AFFINE:
+        degrees = {of(a) for a in tensors if not _is_mask(a)}
+        return degrees.pop() if len(degrees) == 1 else (0.0 if not degrees else None)
+    return 0.0 if not any(of(a) for a in tensors) else None
+
+
+def _is_mask(node: fx.Node) -> bool:
+    value = node.meta.get("val")
+    return value is not None and getattr(value, "dtype", None) is not None and str(value.dtype) == "torch.bool"
+
+
+def _sharing_an_operand(flow: Dataflow, contraction: str) -> set:
+    """The contraction and every growing product that reads one of its operands (through views):
+    products of the same q, whose sizes grow together."""
+    roots = {_root(a) for a in operands_of(flow, contraction)}
+    return {name for name in growing_products(flow)
+            if name == contraction or roots & {_root(a) for a in operands_of(flow, name)}}
+
+
+def _root(node: fx.Node) -> str:
+    while ops.kind(node) == ops.VIEW and node.args and isinstance(node.args[0], fx.Node) \
+            and ops.op_name(node) not in ("cat", "stack"):
+        node = node.args[0]
+    return node.name
+
+
+def _affine_region(flow: Dataflow, contraction: str) -> tuple:
+    """(nodes computed from the contraction by ops affine in it, the first ops past them)."""
+    region, ends, frontier = set(), set(), [contraction]
+    while frontier:
+        for user in flow.graph.successors(frontier.pop()):
+            node = flow.fx(user)
+            if user in region or ops.kind(node) == ops.IGNORED:
+                continue
+            if ops.kind(node) == ops.VIEW or ops.op_name(node) in ops.LOGIT_AFFINE:
+                region.add(user)
+                frontier.append(user)
+            else:
+                ends.add(user)
+    return region, ends
+
+
+def grows(flow: Dataflow, name: str) -> bool:
+    node = flow.fx(name)
+    slot = ops.spec(node).query
+    sizes = set()
+    for at in ("base", "delta"):
+        operand = ops.node_slots(flow.fx(name, at)).get(slot)
+        if not isinstance(operand, fx.Node) or operand.meta.get("val") is None:
+            return False
+        shape = tuple(operand.meta["val"].shape)
+        dims = ops.contracted_dims(flow.fx(name, at), slot, len(shape)) or ()
+        sizes.add(tuple(shape[d] for d in dims))
+    return len(sizes) > 1
+
+
+def param_behind(flow: Dataflow, node) -> str | None:
+    """The parameter a node is (a view of), if any: a weight, not an activation."""
+    while isinstance(node, fx.Node):
+        if flow.graph.nodes[node.name]["param"]:
+            return flow.graph.nodes[node.name]["param"]
+        if ops.kind(node) != ops.VIEW or not node.args or ops.op_name(node) in ("cat", "stack"):
+            return None
+        node = node.args[0]
+    return None
+
+
+def data_dependent(flow: Dataflow) -> set:
+    """Nodes computed from the model's inputs."""
+    graph = flow.graph
+    cached = graph.graph.get("data_dependent")
+    if cached is None:
+        starts = [n for n, d in graph.nodes(data=True) if d["user_input"]]
+        cached = set(starts).union(*(nx.descendants(graph, n) for n in starts)) if starts else set()
+        graph.graph["data_dependent"] = cached
+    return cached
+
+
+def _graph_order(flow: Dataflow):
+    index = {name: i for i, name in enumerate(flow.graph.nodes)}
+    return lambda name: index[name]

@@ -1,0 +1,295 @@
+"""Constructs of third-party model code (issue 22's failure classes), each in a small hand-written model.
+
+Each model reproduces one construct seen in public research code; the expectation is checked against
+something independent of the pass that decides it: a twin written with the standard construct (a
+softmax), the `mup` package's infinite dims and MuAdam LR, an exact invariance, or a one-line refusal
+that names the user's source line.
+"""
+import math
+
+import mup
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import muprewrite
+from muprewrite.errors import MuRewriteError
+from muprewrite.passes.capture import export_model
+
+VOCAB, BASE, TARGET = 64, 32, 128
+
+
+def tokens():
+    return (torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0)),)
+
+
+class LM(nn.Module):
+    """Embedding, one residual block, a readout."""
+
+    def __init__(self, width, block):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, width)
+        self.block = block
+        self.head = nn.Linear(width, VOCAB)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        return self.head(h + self.block(h))
+
+
+class Heads(nn.Module):
+    """q, k, v of 2 heads whose size grows with width; `scores(q, k, v)` is the attention under test."""
+
+    def __init__(self, width, scores):
+        super().__init__()
+        self.qkv, self.out, self.scores = nn.Linear(width, 3 * width), nn.Linear(width, width), scores
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, 2, c // 2).transpose(1, 2) for z in self.qkv(x).split(c, -1))
+        return self.out(self.scores(q, k, v).transpose(1, 2).reshape(b, t, c))
+
+
+def softmax_scores(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+
+
+def logsumexp_scores(q, k, v):  # Reformer's normalisation: exp(x - logsumexp(x))
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    return torch.exp(logits - torch.logsumexp(logits, -1, keepdim=True)) @ v
+
+
+def sigmoid_scores(q, k, v):
+    return torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) - 2.0) @ v
+
+
+def relu_scores(q, k, v):
+    return torch.relu(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])) @ v / q.shape[-2]
+
+
+def linear_scores(q, k, v):  # linear attention: phi(q) (phi(k)^T v) / phi(q) . sum phi(k)
+    return feature_ratio(F.elu(q) + 1, F.elu(k) + 1, v)
+
+
+def feature_ratio(q, k, v):
+    numerator = q @ (k.transpose(-1, -2) @ v)
+    normaliser = q @ k.sum(-2, keepdim=True).transpose(-1, -2)
+    return numerator / normaliser.clamp(min=1e-6)
+
+
+def unnormalised_scores(q, k, v):  # q k^T v with nothing that fixes the product's size
+    return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])) @ v
+
+
+class RandomFeatures(nn.Module):
+    """FAVOR+-style: q and k meet a fixed random projection over d_head (a buffer)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.register_buffer("projection", torch.randn(16, width // 2))
+
+    def forward(self, q, k, v):
+        d = q.shape[-1] ** -0.25
+        fq = torch.exp(torch.einsum("bhnd,md->bhnm", q * d, self.projection))
+        fk = torch.exp(torch.einsum("bhnd,md->bhnm", k * d, self.projection))
+        return torch.einsum("bhnm,bhme->bhne", fq, torch.einsum("bhnm,bhne->bhme", fk, v))
+
+
+def attention_lm(scores):
+    def make_model(width):
+        return LM(width, Heads(width, scores(width) if isinstance(scores, type) else scores))
+    return make_model
+
+
+def compiled(make_model, **kwargs):
+    torch.manual_seed(0)
+    return muprewrite.mupify(make_model, base=BASE, target=TARGET, example_inputs=tokens(), materialize=False,
+                             **kwargs)
+
+
+def attention_edits(plan):
+    return [(e.module, e.old, e.new) for e in plan.edits if e.kind == "attention_scale"]
+
+
+# --- 1. data-dependent Python control flow ---------------------------------------------------
+
+
+class PaddingBranch(nn.Module):
+    """fairseq-style: skip the mask when nothing is padded, and size a one-hot by the largest id."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        self.kinds = nn.Linear(VOCAB, width, bias=False)
+
+    def forward(self, x, ids):
+        padding_mask = ids.eq(0)
+        if padding_mask.any():  # a branch on data: the same at every width for these inputs
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        return self.mlp(x) + self.kinds(F.one_hot(ids, int(ids.max()) + 1).float()[..., :VOCAB])
+
+
+class BranchLM(LM):
+    def forward(self, ids):
+        h = self.emb(ids)
+        return self.head(h + self.block(h, ids))
+
+
+def test_a_model_branching_on_data_is_traced_on_real_tensors_and_planned_like_its_twin():
+    ids = torch.arange(VOCAB).view(2, 32) % VOCAB  # id 0 present, max id 63: every branch as the twin
+    result = muprewrite.mupify(lambda w: BranchLM(w, PaddingBranch(w)), base=BASE, target=TARGET,
+                               example_inputs=(ids,), materialize=False)
+    assert any("traced on real tensors" in note and "if padding_mask.any():" in note for note in result.plan.notes)
+    twin = muprewrite.mupify(lambda w: BranchLM(w, StraightPadding(w)), base=BASE, target=TARGET,
+                             example_inputs=(ids,), materialize=False)
+    assert {n: (p.role, p.lr_mult["adam"]) for n, p in result.plan.parameters.items()} == \
+        {n: (p.role, p.lr_mult["adam"]) for n, p in twin.plan.parameters.items()}
+    assert [(e.kind, e.module, e.new) for e in result.plan.edits] == [(e.kind, e.module, e.new) for e in twin.plan.edits]
+
+
+class StraightPadding(PaddingBranch):
+    """The same computation without the branches, which torch.export captures."""
+
+    def forward(self, x, ids):
+        x = x.masked_fill(ids.eq(0).unsqueeze(-1), 0.0)
+        return self.mlp(x) + self.kinds(F.one_hot(ids, VOCAB).float())
+
+
+# --- 4. attention without a softmax op -------------------------------------------------------
+
+
+@pytest.mark.parametrize("scores", [logsumexp_scores, sigmoid_scores, relu_scores])
+def test_attention_without_a_softmax_op_gets_the_scale_its_softmax_twin_gets(scores):
+    twin = attention_edits(compiled(attention_lm(softmax_scores)).plan)
+    assert twin == [("block", 1 / math.sqrt(64), 1 / math.sqrt(64) * math.sqrt(16 / 64))]  # 1/sqrt(d) -> 1/d
+    assert attention_edits(compiled(attention_lm(scores)).plan) == twin
+
+
+def test_linear_attention_is_scale_free_and_gets_no_attention_edit():
+    result = compiled(attention_lm(linear_scores))  # verified at delta: the plan is realized as made
+    assert attention_edits(result.plan) == []
+    # the claim behind it: however the products of phi(q) grow (here x7), the output is the same
+    q, k, v = torch.rand(3, 1, 2, 8, 16).unbind(0)
+    assert torch.allclose(feature_ratio(7.0 * q, k, v), feature_ratio(q, k, v), atol=1e-5)
+
+
+def test_a_product_whose_size_escapes_is_refused_naming_its_line():
+    with pytest.raises(MuRewriteError, match=r"product matmul .* module 'block' \(Heads\).*test_any_code.py:\d+") as error:
+        compiled(attention_lm(unnormalised_scores))
+    assert "\n" not in str(error.value) and "unknown_ops=sp" in str(error.value)
+    plan = compiled(attention_lm(unnormalised_scores), options={"unknown_ops": "sp"}).plan
+    assert [w.code for w in plan.warnings if w.code == "undecided-product"] == ["undecided-product"]
+
+
+def test_a_product_with_a_fixed_random_projection_is_refused():
+    with pytest.raises(MuRewriteError, match=r"product einsum .* constant tensor .*random features"):
+        compiled(attention_lm(RandomFeatures))
+
+
+# --- 5. a parameter concatenated into the keys and values ------------------------------------
+
+
+class BiasKV(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, 2, add_bias_kv=True, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def test_bias_kv_is_a_piece_of_the_keys_not_a_readout_as_mup_says():
+    make_model = lambda width: LM(width, BiasKV(width))  # noqa: E731
+    plan = compiled(make_model).plan
+    twin = make_model(TARGET)
+    mup.set_base_shapes(twin, make_model(BASE), delta=make_model(2 * BASE), rescale_params=False, do_assert=False)
+    for name in ("block.attn.bias_k", "block.attn.bias_v"):
+        entry = plan.parameters[name]
+        assert entry.role == "vector" and entry.infinite == [False, False, True]
+        assert twin.get_parameter(name).infshape.ninf() == 1  # mup: vector-like, Adam LR unchanged
+        assert entry.lr_mult["adam"] == 1.0
+    assert {(e.kind, e.module) for e in plan.edits} == {("attention_scale", "block.attn"), ("readout_multiplier", "head")}
+
+
+# --- 6. a parameter used only for its shape, dtype and device --------------------------------
+
+
+class StateMixer(nn.Module):
+    """transformers' Mamba mixers allocate their scan state with `A_log.new_zeros(...)`."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.inner = nn.Linear(width, 2 * width)
+        self.A_log = nn.Parameter(torch.zeros(2 * width, 4))
+        self.out = nn.Linear(2 * width, width)
+
+    def forward(self, x):
+        h = self.inner(x)
+        state = self.A_log.new_zeros(x.shape[0], h.shape[-1], 4) + torch.zeros_like(self.A_log)
+        return self.out(h * torch.sigmoid((state - torch.exp(self.A_log)).sum(-1)).unsqueeze(1))
+
+
+def test_metadata_reads_are_not_uses():
+    plan = compiled(lambda width: LM(width, StateMixer(width))).plan
+    entry = plan.parameters["block.A_log"]
+    assert entry.role == "vector" and {u["op"] for u in entry.uses} == {"sub"}
+
+
+# --- 2. module state written during forward --------------------------------------------------
+
+
+class CachedRotary(nn.Module):
+    """A table computed on first use and kept with register_buffer, as many rotary embeddings do."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.proj = nn.Linear(width, width)
+        self.register_buffer("table", None, persistent=False)
+
+    def forward(self, x):
+        if self.table is None or self.table.shape[0] < x.shape[1]:
+            angles = torch.arange(x.shape[1], device=x.device)[:, None] / 10000 ** torch.linspace(0, 1, x.shape[-1])
+            self.register_buffer("table", angles.cos(), persistent=False)
+        return self.proj(x * self.table[: x.shape[1]])
+
+
+def test_a_forward_that_caches_a_buffer_is_exported_without_keeping_fakes():
+    model = LM(BASE, CachedRotary(BASE))
+    export_model(model, tokens(), "cpu")
+    assert model.block.table is None and model.training  # as built: no fake tensor left, mode kept
+    result = compiled(lambda width: LM(width, CachedRotary(width)))  # verify exports, then runs eagerly
+    assert result.report.verification["outputs"] is not None
+
+
+# --- 3. one module object at several places --------------------------------------------------
+
+
+class SharedBlocks(nn.Module):
+    """A Universal-Transformer-style stack: one block object listed three times."""
+
+    def __init__(self, width):
+        super().__init__()
+        block = Heads(width, softmax_scores)
+        self.layers = nn.ModuleList([block, block, block])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+def test_a_block_listed_three_times_is_realized_once_verified_and_folded():
+    make_model = lambda width: LM(width, SharedBlocks(width))  # noqa: E731
+    torch.manual_seed(0)
+    result = muprewrite.mupify(make_model, base=BASE, target=TARGET, example_inputs=tokens())
+    assert [e[0] for e in attention_edits(result.plan)] == ["block.layers.0", "block.layers.1", "block.layers.2"]
+    # the twin: the same weights, the 1/d scale written into the forward by hand, readout / m
+    twin = make_model(TARGET)
+    twin.load_state_dict(result.model.state_dict())
+    d = TARGET // 2
+    twin.block.layers[0].scores = lambda q, k, v: torch.softmax(q @ k.transpose(-1, -2) * (math.sqrt(16) / d), -1) @ v
+    twin.head.register_forward_pre_hook(lambda module, args: (args[0] * BASE / TARGET,))
+    assert torch.allclose(result.model(*tokens()), twin(*tokens()), atol=1e-5)
+    folded = muprewrite.fold(result.model, result.plan, example_inputs=tokens())  # checks the outputs itself
+    assert torch.allclose(folded(*tokens()), twin(*tokens()), atol=1e-5)
