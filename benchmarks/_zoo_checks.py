@@ -149,7 +149,7 @@ def growing_attention(at_base: dict, at_delta: dict) -> dict:
     return {m: len(sizes) for m, sizes in at_base.items() if at_delta.get(m) and sizes != at_delta[m]}
 
 
-def attention_modules(model, inputs) -> dict:
+def attention_modules(model, inputs, softmax_sizes: dict | None = None) -> dict:
     """{module path: [d_head of each attention call in one forward]}: the innermost module running
     each scaled_dot_product_attention (d_head: the query's last dim) or multi-head attention function
     (embed_dim / num_heads), or each softmax over attention scores (4-D, or 3-D square; d_head: the
@@ -173,6 +173,8 @@ def attention_modules(model, inputs) -> dict:
                 last_product[0] = tuple(t.shape[-1] for t in tensors)
             if stack and is_attention(func, args, softmaxes):
                 calls[stack[-1]].append(head_size(func, args) or last_product[0])
+                if softmax_sizes is not None:  # the size the softmax normalises over (None: not a softmax)
+                    softmax_sizes.setdefault(stack[-1], []).append(args[0].shape[-1] if func in softmaxes else None)
             return func(*args, **kwargs)
 
     def enter(module, args):

@@ -91,6 +91,9 @@ def next_strategy(failure: Failure, may_change_device: bool = True) -> Strategy 
         return replace(strategy, device="fake-cpu")
     if failure.cause not in (INPUTS, WIDTH) and failure.built and strategy.mode == "train":
         return replace(strategy, mode="eval")  # code that runs in train mode only (a weight clamped in place, say)
+    if failure.cause not in (DATA_DEPENDENT, INPUTS, WIDTH) and strategy.device == "fake-cpu" and may_change_device:
+        # a constructor that reads tensor values, a tensor made on the CPU whatever the device: real tensors
+        return replace(strategy, device="cpu")
     return None
 
 
@@ -110,6 +113,9 @@ def fallback_note(failure: Failure, widths: Widths | None = None) -> str:
                 f"{user_location(failure.exc, failure.model)}; code that runs in train mode only is not in the graph")
     what = "tracing" if failure.built else "building"
     original = failure.exc if failure.built else (failure.exc.__cause__ or failure.exc)
+    if failure.strategy.device == "fake-cpu":
+        return (f"built on CPU with real tensors: {what} under fake tensors failed{at}: "
+                f"{_reason(original)}{user_location(original, failure.model)}")
     return (f"built on CPU under fake tensors (no memory): {what} on the meta device failed{at}: "
             f"{_reason(original)}{user_location(original, failure.model)}")
 

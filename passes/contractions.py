@@ -121,7 +121,10 @@ def score_paths(flow: Dataflow, contraction: str) -> list:
 
 
 def scale_free_blocker(flow: Dataflow, contraction: str) -> str | None:
-    """None when the contraction's size cancels; else why it does not, naming the op it reaches."""
+    """None when the contraction's size cancels, or cannot grow (an operand is a softmax over the
+    contracted dim: the product is a weighted average); else why it does not, naming the op it reaches."""
+    if _averages(flow, contraction):
+        return None
     seeds = _sharing_an_operand(flow, contraction)
     degree = {}
     order = list(flow.graph.nodes)
@@ -141,6 +144,45 @@ def scale_free_blocker(flow: Dataflow, contraction: str) -> str | None:
             return "its size reaches the model's output"
         degree[name] = found
     return None
+
+
+def _averages(flow: Dataflow, contraction: str) -> bool:
+    """Whether an operand is a softmax over the dim the contraction sums (through views and constant
+    factors): attention weights times values, a feature map normalised over d."""
+    node = flow.fx(contraction)
+    if ops.kind(node) != ops.CONTRACTION:
+        return False
+    for slot, operand in ops.node_slots(node).items():
+        if not isinstance(operand, fx.Node) or ops.contracted_dims(node, slot, len(_shape(operand))) is None:
+            continue
+        softmax = _behind_constant_factors(operand)
+        if ops.kind(softmax) != ops.SOFTMAX:
+            continue
+        summed, normalised = set(), set()
+        for at in ("base", "delta"):
+            here = flow.fx(contraction, at)
+            value = ops.node_slots(here)[slot]
+            dims = ops.contracted_dims(here, slot, len(_shape(value)))
+            summed.add(tuple(_shape(value)[d] for d in dims))
+            source = flow.fx(softmax.name, at)
+            source_shape = _shape(source)
+            normalised.add((source_shape[ops.node_slots(source)["dim"] % len(source_shape)],))
+        if summed == normalised and len(summed) == 2:
+            return True
+    return False
+
+
+def _shape(node: fx.Node) -> tuple:
+    value = node.meta.get("val")
+    return tuple(value.shape) if value is not None and hasattr(value, "shape") else ()
+
+
+def _behind_constant_factors(node: fx.Node) -> fx.Node:
+    while node.args and isinstance(node.args[0], fx.Node) and (
+            (ops.kind(node) == ops.VIEW and ops.op_name(node) not in ops.JOINING)
+            or (ops.op_name(node) in ops.SCALAR_ARITH and not isinstance(node.args[1], fx.Node))):
+        node = node.args[0]
+    return node
 
 
 def _degree(node: fx.Node, degree: dict):
@@ -221,14 +263,29 @@ def grows(flow: Dataflow, name: str) -> bool:
 
 
 def param_behind(flow: Dataflow, node) -> str | None:
-    """The parameter a node is (a view of), if any: a weight, not an activation."""
+    """The parameter a node is (a view of, or a normalisation of: `F.normalize(w)`), if any: a weight,
+    not an activation."""
     while isinstance(node, fx.Node):
         if flow.graph.nodes[node.name]["param"]:
             return flow.graph.nodes[node.name]["param"]
+        if _normalises_itself(flow, node):
+            node = node.args[0]
+            continue
         if ops.kind(node) != ops.VIEW or not node.args or ops.op_name(node) in ("cat", "stack"):
             return None
         node = node.args[0]
     return None
+
+
+def _normalises_itself(flow: Dataflow, node: fx.Node) -> bool:
+    """`w / norm(w)` or `w * rsqrt(...)`: a tensor divided (multiplied) by something computed from it alone."""
+    if ops.op_name(node) not in ops.SCALAR_ARITH or len(node.args) < 2 or not all(
+            isinstance(a, fx.Node) for a in node.args[:2]):
+        return False
+    tensor, by = node.args[0], node.args[1]
+    sources = nx.ancestors(flow.graph, by.name) | {by.name}
+    return tensor.name in sources and not (sources & data_dependent(flow)) and \
+        any(ops.op_name(flow.fx(n)) in ops.NORMALIZING for n in sources)
 
 
 def data_dependent(flow: Dataflow) -> set:

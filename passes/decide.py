@@ -86,6 +86,8 @@ def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization:
             plan.trainable = False
             plan.fill = 1.0 if options["norm_gains"] == "removed" else None
         parameters[name] = plan
+        if any(u.role == "unclassified" for u in param_uses):
+            continue  # kept in SP as asked (unknown_ops='sp'): no use of it is edited either
         edits += _readout_edits(flow, name, param_uses, parametrization, options, at, placed)
         edits += _weight_multiplier_edits(flow, name, param_uses, plan.weight_multiplier, parametrization)
     edits = sorted(edits + _attention_edits(flow, sites, parametrization, options, at), key=_graph_order(flow))
@@ -179,6 +181,12 @@ def _refuse_unknown_uses(flow: Dataflow, uses: dict) -> None:
                 "--option unknown_ops=sp to keep such tensors in SP (the report marks them)")
     for name, param_uses in uses.items():
         for use in param_uses:
+            if use.role == "unclassified" and use.op in ops.NORMALIZING:
+                raise MuRewriteError(
+                    f"parameter '{name}' is normalised by {use.op} in {where(flow, use.node, use.module)} (weight "
+                    "normalisation, a cosine or nGPT-style layer): a normalised weight's entries shrink as "
+                    "width^-1/2 whatever its init, and muprewrite has no muP rule for its init and LR yet; use the "
+                    "plain weight, or pass --option unknown_ops=sp to keep it in SP (the report marks it)")
             if use.role == "unclassified":
                 raise MuRewriteError(
                     f"parameter '{name}' is used by {use.op} in {where(flow, use.node, use.module)}, an op "

@@ -44,7 +44,7 @@ def _undecided_products(flow, uses, sites, init, plan):
 
 
 def _tied(flow, uses, sites, init, plan):
-    names = [n for n, p in plan.parameters.items() if len({u["role"] for u in p.uses}) > 1]
+    names = [n for n, p in plan.parameters.items() if len({u["role"] for u in p.uses}) > 1 and p.role != "unclassified"]
     if names:
         yield PlanWarning("tied-weights", "tensor(s) used in several roles (tied weights): the tensor follows "
                           "its first use's init and LR, every use site gets its own multiplier", "TP5 §B.1", names)

@@ -78,6 +78,11 @@ def feature_ratio(q, k, v):
     return numerator / normaliser.clamp(min=1e-6)
 
 
+def efficient_scores(q, k, v):  # Shen et al.'s efficient attention: q a softmax over d, k over the sequence
+    q, k = q.softmax(-1), k.softmax(-2)
+    return q @ (k.transpose(-1, -2) @ v)
+
+
 def unnormalised_scores(q, k, v):  # q k^T v with nothing that fixes the product's size
     return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])) @ v
 
@@ -172,6 +177,12 @@ def test_linear_attention_is_scale_free_and_gets_no_attention_edit():
     # the claim behind it: however the products of phi(q) grow (here x7), the output is the same
     q, k, v = torch.rand(3, 1, 2, 8, 16).unbind(0)
     assert torch.allclose(feature_ratio(7.0 * q, k, v), feature_ratio(q, k, v), atol=1e-5)
+
+
+def test_a_product_with_a_softmax_over_its_summed_dim_is_an_average_and_gets_no_edit():
+    plan = compiled(attention_lm(efficient_scores)).plan
+    assert attention_edits(plan) == []
+    assert any("its size cancels" in note for note in plan.notes)
 
 
 def test_a_product_whose_size_escapes_is_refused_naming_its_line():
@@ -293,3 +304,55 @@ def test_a_block_listed_three_times_is_realized_once_verified_and_folded():
     assert torch.allclose(result.model(*tokens()), twin(*tokens()), atol=1e-5)
     folded = muprewrite.fold(result.model, result.plan, example_inputs=tokens())  # checks the outputs itself
     assert torch.allclose(folded(*tokens()), twin(*tokens()), atol=1e-5)
+
+
+# --- 7. normalised parameters ----------------------------------------------------------------
+
+
+class NormalisedSlots(nn.Module):
+    """Learned slots compared by cosine with the activations, then mixed back (a mixture's slot embeddings)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.slots = nn.Parameter(torch.randn(8, width))
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        similarity = torch.einsum("bnd,kd->bnk", self.proj(x), F.normalize(self.slots, dim=-1)) * 10
+        return torch.einsum("bnk,kd->bnd", similarity.softmax(-1), self.slots)
+
+
+def test_a_normalised_parameter_is_refused_naming_the_normalisation():
+    with pytest.raises(MuRewriteError, match=r"parameter 'block.slots' is normalised by linalg_vector_norm .*"
+                                             r"unknown_ops=sp") as error:
+        compiled(lambda width: LM(width, NormalisedSlots(width)))
+    assert "\n" not in str(error.value)
+
+
+def test_a_normalised_parameter_kept_in_sp_gets_no_edit_at_its_uses():
+    """It was both a readout and an attention logit to the compiler: two multipliers on one einsum."""
+    plan = compiled(lambda width: LM(width, NormalisedSlots(width)), options={"unknown_ops": "sp"}).plan
+    assert plan.parameters["block.slots"].role == "unclassified"
+    assert [(e.kind, e.module) for e in plan.edits] == [("readout_multiplier", "head")]
+    assert {w.code for w in plan.warnings} >= {"unclassified-use"} and "tied-weights" not in {w.code for w in plan.warnings}
+
+
+# --- a constructor that reads tensor values --------------------------------------------------
+
+
+class ReadsValues(nn.Module):
+    """Sizes computed with tensor arithmetic in __init__ (`.item()`): no meta or fake build can run it."""
+
+    def __init__(self, width):
+        super().__init__()
+        hidden = int(torch.tensor([width, width]).sum().item())
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
+
+    def forward(self, x):
+        return self.mlp(x)
+
+
+def test_a_constructor_reading_tensor_values_is_built_with_real_tensors():
+    result = compiled(lambda width: LM(width, ReadsValues(width)))
+    assert any("built on CPU with real tensors" in note for note in result.plan.notes)
+    assert result.plan.parameters["block.mlp.0.weight"].role == "hidden"

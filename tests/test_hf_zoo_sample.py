@@ -30,6 +30,8 @@ SAMPLE = {
     "swin": "vision: windowed attention with relative position bias",
     "mobilebert": "readout built from a concatenated weight",
     "beit": "cls token through cat into a residual stream and a pooled mean",
+    "mamba": "selective scan state allocated with A_log.new_zeros (a metadata read, no use)",
+    "gemma4": "the newest Gemma: per-layer embeddings, a readout scaled by a buffer",
 }
 
 

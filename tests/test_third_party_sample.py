@@ -23,14 +23,11 @@ SAMPLE = {  # model -> (what it exercises, the outcome expected today)
     "xt_decoder": ("x-transformers decoder: einsum q.k, softmax", "correct"),
     "xt_sigmoid_attn": ("x-transformers sigmoid attention: no softmax op", "correct"),
     "rtdl_ft_transformer": ("rtdl FT-Transformer: feature tokens, CLS token, ReGLU", "correct"),
-    "mambapy_mamba": ("mambapy Mamba: selective scan (pscan, in place), no attention", "crash"),
+    "mambapy_mamba": ("mambapy Mamba: selective scan (pscan, in place: its graph is checked on outputs)", "correct"),
     "mambapy_mamba_seq": ("mambapy Mamba: sequential scan (a Python loop over positions)", "correct"),
     "perceiver_tied": ("perceiver-pytorch weight-tied layers: one module object at several places", "correct"),
 }
-XFAIL = {  # model -> the failure class (benchmarks/results/third_party.md)
-    "mambapy_mamba": "crash in verify: loss.backward() fails, a tensor saved for backward was modified in place "
-                     "(mambapy's pscan writes its inputs in place); passes/verify.py _run",
-}
+XFAIL = {}  # model -> the failure class (benchmarks/results/third_party.md), while one is expected to fail
 
 
 def params():
