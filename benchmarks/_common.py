@@ -106,6 +106,7 @@ def environment() -> dict:
         "git_modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()],
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         "torch": torch.__version__,
+        "transformers": _version("transformers"),
         "python": platform.python_version(),
         "platform.processor()": platform.processor(),
         "cpu_model": cpu_model(),
@@ -115,6 +116,15 @@ def environment() -> dict:
         "contention_probe_us_at_start": contention_probe(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
+
+
+def _version(package: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def md_table(headers: list, rows: list) -> str:
@@ -131,7 +141,7 @@ def env_md(env: dict) -> str:
         env["command"],
         "```",
         "",
-        f"- torch {env['torch']}, Python {env['python']}",
+        f"- torch {env['torch']}, transformers {env.get('transformers')}, Python {env['python']}",
         f"- CPU: `platform.processor()` = {env['platform.processor()']!r}, model `{env['cpu_model']}`, "
         f"`os.cpu_count()` = {env['os.cpu_count()']}, torch threads = {env['torch.get_num_threads()']}",
         f"- load average (1/5/15 min) at start: {env['loadavg_at_start']}, at end: {env.get('loadavg_at_end')} "
