@@ -17,6 +17,7 @@ from .optimizers import family
 from .loading import infer_example_inputs
 from .passes import ops
 from .passes.attention import find_attention
+from .passes.constant_values import read_constant_values
 from .passes.contractions import scale_free_products
 from .passes.capture import build_model, capture, inputs_at
 from .passes.decide import decide
@@ -254,6 +255,7 @@ def analyse(factory, example_inputs, widths: Widths, step=lambda description: No
         init = scan_init(factory, widths, captures.repeats, delta_build)
     captures.notes += _repeats_notes(captures.repeats, unlike)
     flow = analyse_dims(captures)
+    flow.constants = read_constant_values(factory, flow)
     step("classifying roles and attention")
     uses, sites = classify_uses(flow), find_attention(flow)
     return Analysis(inputs, flow, uses, sites, init, factory, share_blocks, delta_build)

@@ -14,7 +14,7 @@ Raises: `WidthError` when the graphs differ between widths (naming the first dif
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 import torch
@@ -32,6 +32,9 @@ class Dataflow:
     widths: Widths
     captures: Captures
     modules: dict  # width name -> the captured GraphModule with no_grad/autocast bodies inlined
+    # node name -> {width name: value} of a one-element tensor computed from buffers alone
+    # (passes/constant_values.py; filled after capture, where such a tensor scales something)
+    constants: dict = field(default_factory=dict)
 
     def fx(self, name: str, at: str = "target") -> fx.Node:
         """Node `name` of the graph captured at width `at` (a captured width's name)."""

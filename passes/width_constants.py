@@ -22,7 +22,8 @@ from .source import where
 def width_constants_around(flow, name, use, operand: str, at) -> dict | None:
     """The width-dependent constant factors the model puts on a readout's activation input and on
     its output (reached through view-like ops), with the factor that restores their base value.
-    A one-element tensor there (a buffer, a constant made in forward) has no value on the meta
+    A one-element tensor there computed from buffers alone is valued from a CPU build
+    (passes/constant_values.py); any other (a constant made in forward) has no value on the meta
     device: muprewrite cannot tell whether it changes with width, so it refuses. The graph is
     walked at `at`, or at the target for a width that was not captured (the same nodes); a
     constant is then predicted as a power law of the readout's fan_in."""
@@ -89,8 +90,10 @@ def _scalar_factor(flow, node: fx.Node, constant_at):
         constant, tensor = slots.get(constant_slot), slots.get(tensor_slot)
         if not isinstance(tensor, fx.Node) or _is_one_element(flow, tensor):
             continue
-        if isinstance(constant, (int, float)) and not isinstance(constant, bool):
-            measured = {w: ops.node_slots(flow.fx(node.name, w)).get(constant_slot) for w in WIDTH_NAMES}
+        held = isinstance(constant, fx.Node) and constant.name in flow.constants  # a buffer's value, read
+        if held or isinstance(constant, (int, float)) and not isinstance(constant, bool):
+            measured = flow.constants[constant.name] if held else \
+                {w: ops.node_slots(flow.fx(node.name, w)).get(constant_slot) for w in WIDTH_NAMES}
             base = measured["base"]
             constant = constant_at(measured, f"the constant of {name} {node.name} "
                                              f"({flow.module(node.name) or 'the root module'}) on a readout")

@@ -356,3 +356,32 @@ def test_a_constructor_reading_tensor_values_is_built_with_real_tensors():
     result = compiled(lambda width: LM(width, ReadsValues(width)))
     assert any("built on CPU with real tensors" in note for note in result.plan.notes)
     assert result.plan.parameters["block.mlp.0.weight"].role == "hidden"
+
+
+# --- 8. a readout scaled by a buffer ---------------------------------------------------------
+
+
+class BufferScaledHead(nn.Module):
+    """Gemma-3n's router: its input scaled by a power of the hidden size, held in a buffer."""
+
+    def __init__(self, width, in_buffer=True):
+        super().__init__()
+        self.router = nn.Linear(width, 4, bias=False)
+        self.out = nn.Linear(4, width)
+        self.in_buffer = in_buffer
+        self.register_buffer("scale", torch.tensor(width ** -0.5), persistent=False)
+        self.float_scale = width ** -0.5
+
+    def forward(self, x):
+        scale = self.scale if self.in_buffer else self.float_scale
+        return self.out(torch.softmax(self.router(x * scale), -1))
+
+
+def test_a_buffer_scale_on_a_readout_is_read_and_held_like_the_same_python_float():
+    readouts = lambda plan: [(e.module, e.new, e.frozen_constant) for e in plan.edits  # noqa: E731
+                             if e.kind == "readout_multiplier" and e.module == "block.router"]
+    held = readouts(compiled(lambda width: LM(width, BufferScaledHead(width))).plan)
+    twin = readouts(compiled(lambda width: LM(width, BufferScaledHead(width, in_buffer=False))).plan)
+    # muP's 1/m = 1/4 on the readout's input, times 2 that holds width**-0.5 at its base value
+    assert len(held) == len(twin) == 1 and held[0][1] == pytest.approx(twin[0][1]) == pytest.approx(0.5)
+    assert held[0][2]["base"] == pytest.approx(BASE ** -0.5) and held[0][2]["now"] == pytest.approx(TARGET ** -0.5)
