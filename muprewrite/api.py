@@ -224,9 +224,9 @@ def model_notes(factory, flow: Dataflow) -> list:
     """What the plan should say about where the model came from and how it was captured."""
     notes = list(getattr(flow.captures, "notes", []))
     notes += [f"the product {name} ({ops.op_name(flow.fx(name))}) in {flow.module(name) or 'the root module'} "
-              "contracts two activations over a dim that grows with width, and its size cancels or is averaged "
+              "contracts two activations over a dim that grows with width, and its size cancels or stays bounded "
               "(a ratio of products of the same operand or a norm, as in linear attention; a softmax over the "
-              "summed dim): no edit"
+              "summed dim; two factors of unit length along it): no edit"
               for name in scale_free_products(flow)]
     rule = getattr(factory, "width_rule", None)
     if rule:

@@ -39,6 +39,8 @@ def growing_products(flow: Dataflow) -> list:
         elif not _summed_product_grows(flow, name):
             continue
         operands = operands_of(flow, name)
+        if any(_all_zeros(a) for a in operands):
+            continue  # a state that starts at zero: the product is zero at every width
         if any(param_behind(flow, a) for a in operands) or not any(a.name in data for a in operands):
             continue
         if all(a.name in data or flow.is_constant(a.name) for a in operands):
@@ -123,7 +125,7 @@ def score_paths(flow: Dataflow, contraction: str) -> list:
 def scale_free_blocker(flow: Dataflow, contraction: str) -> str | None:
     """None when the contraction's size cancels, or cannot grow (an operand is a softmax over the
     contracted dim: the product is a weighted average); else why it does not, naming the op it reaches."""
-    if _averages(flow, contraction):
+    if _averages(flow, contraction) or _between_unit_vectors(flow, contraction):
         return None
     seeds = _sharing_an_operand(flow, contraction)
     degree = {}
@@ -170,6 +172,78 @@ def _averages(flow: Dataflow, contraction: str) -> bool:
         if summed == normalised and len(summed) == 2:
             return True
     return False
+
+
+def _between_unit_vectors(flow: Dataflow, name: str) -> bool:
+    """Whether two factors of the product are normalised to unit length along the summed dim
+    (`F.normalize`, `x / sqrt((x * x).sum(-1))`): by Cauchy-Schwarz the product is then bounded by
+    the other factors' largest entry, whatever the width (cosine attention, a delta rule's q·k)."""
+    summed = _summed_sizes(flow, name)
+    units = [f for f in _factors(flow, name) if summed and _unit_sizes(flow, _behind_constant_factors(f)) == summed]
+    return len(units) >= 2
+
+
+def _summed_sizes(flow: Dataflow, name: str) -> tuple | None:
+    """(size at base, size at delta) of the dim the product sums, when it is one dim."""
+    sizes = []
+    for at in ("base", "delta"):
+        node = flow.fx(name, at)
+        if ops.kind(node) == ops.CONTRACTION:
+            slot = ops.spec(node).query
+            operand = ops.node_slots(node).get(slot)
+            dims = ops.contracted_dims(node, slot, len(_shape(operand))) if isinstance(operand, fx.Node) else None
+            shape = _shape(operand) if isinstance(operand, fx.Node) else ()
+        else:
+            dims, shape = ops.node_slots(node).get("dim"), _shape(node.args[0])
+            dims = [dims] if isinstance(dims, int) else dims
+        if not dims or len(dims) != 1:
+            return None
+        sizes.append(shape[dims[0]])
+    return tuple(sizes)
+
+
+def _factors(flow: Dataflow, name: str) -> list:
+    """The tensors multiplied: the leaves of the elementwise products (through views) that make a
+    contraction's operands, or a summed product."""
+    node = flow.fx(name)
+    found, frontier = [], operands_of(flow, name) if ops.kind(node) == ops.CONTRACTION else [node.args[0]]
+    while frontier:
+        current = _behind_constant_factors(frontier.pop())  # k_beta.unsqueeze(-2): the mul behind the view
+        if ops.op_name(current) == "mul" and all(isinstance(a, fx.Node) for a in current.args[:2]) \
+                and not _normalises_itself(flow, current, of_data=True):
+            frontier += list(current.args[:2])
+        else:
+            found.append(current)
+    return found
+
+
+def _unit_sizes(flow: Dataflow, node: fx.Node) -> tuple | None:
+    """(base, delta) size of the dim along which `node` is normalised to unit length, or None."""
+    if not _normalises_itself(flow, node, of_data=True):
+        return None
+    by = node.args[1]
+    for reduction in nx.ancestors(flow.graph, by.name) | {by.name}:
+        reducing = flow.fx(reduction)
+        if ops.op_name(reducing) not in ("sum", "linalg_vector_norm", "norm") or not reducing.args:
+            continue
+        sizes = []
+        for at in ("base", "delta"):
+            here = flow.fx(reduction, at)
+            dims = ops.node_slots(here).get("dim")
+            dims = [dims] if isinstance(dims, int) else dims
+            shape = _shape(here.args[0])
+            if not dims or len(dims) != 1 or not shape:
+                break
+            sizes.append(shape[dims[0]])
+        if len(sizes) == 2:
+            return tuple(sizes)
+    return None
+
+
+def _all_zeros(node: fx.Node) -> bool:
+    node = _behind_constant_factors(node)
+    name, slots = ops.op_name(node), ops.node_slots(node)
+    return name in ops.ZEROS or (name in ("full", "new_full", "full_like") and slots.get("fill_value") == 0)
 
 
 def _shape(node: fx.Node) -> tuple:
@@ -277,14 +351,16 @@ def param_behind(flow: Dataflow, node) -> str | None:
     return None
 
 
-def _normalises_itself(flow: Dataflow, node: fx.Node) -> bool:
-    """`w / norm(w)` or `w * rsqrt(...)`: a tensor divided (multiplied) by something computed from it alone."""
+def _normalises_itself(flow: Dataflow, node: fx.Node, of_data: bool = False) -> bool:
+    """`w / norm(w)` or `w * rsqrt(...)`: a tensor divided (multiplied) by a root of something computed
+    from it (alone, unless `of_data`: an activation normalised by its own norm)."""
     if ops.op_name(node) not in ops.SCALAR_ARITH or len(node.args) < 2 or not all(
             isinstance(a, fx.Node) for a in node.args[:2]):
         return False
     tensor, by = node.args[0], node.args[1]
     sources = nx.ancestors(flow.graph, by.name) | {by.name}
-    return tensor.name in sources and not (sources & data_dependent(flow)) and \
+    divides = ops.op_name(node) == "div" or any(ops.op_name(flow.fx(n)) in ops.RECIPROCALS for n in sources)
+    return tensor.name in sources and (of_data or not (sources & data_dependent(flow))) and divides and \
         any(ops.op_name(flow.fx(n)) in ops.NORMALIZING for n in sources)
 
 

@@ -161,6 +161,7 @@ LOGIT_AFFINE = {"add", "sub", "mul", "div", "masked_fill", "where", "dropout", "
 DEGREE_ALIKE = {"add", "sub", "where", "masked_fill", "clamp", "clamp_min", "clamp_max", "maximum", "minimum",
                 "abs", "sum", "mean", "cumsum", "amax", "amin", "max", "min", "linalg_vector_norm", "norm", "std",
                 "triu", "tril"}
+ZEROS = {"zeros", "new_zeros", "zeros_like"}  # a tensor of zeros, whatever it is multiplied with
 SUMMING = {"sum", "mean"}  # over given dims: with an elementwise product inside, a contraction written out
 DEGREE_FACTOR = {"reciprocal": -1.0, "rsqrt": -0.5, "sqrt": 0.5, "var": 2.0, "square": 2.0}
 # non-linear functions of an attention score (attention whose logits meet no softmax op: exp over a

@@ -83,6 +83,12 @@ def efficient_scores(q, k, v):  # Shen et al.'s efficient attention: q a softmax
     return q @ (k.transpose(-1, -2) @ v)
 
 
+def gated_unit_scores(q, k, v):  # a delta rule's intra-chunk scores: unit q, k along d, a gate in between
+    q, k = (z / torch.sqrt((z * z).sum(-1, keepdim=True) + 1e-6) for z in (q, k))
+    gate = torch.sigmoid(v)
+    return (q[..., :, None, :] * k[..., None, :, :] * gate[..., None, :, :]).sum(-1).tril() @ v
+
+
 def unnormalised_scores(q, k, v):  # q k^T v with nothing that fixes the product's size
     return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])) @ v
 
@@ -182,7 +188,16 @@ def test_linear_attention_is_scale_free_and_gets_no_attention_edit():
 def test_a_product_with_a_softmax_over_its_summed_dim_is_an_average_and_gets_no_edit():
     plan = compiled(attention_lm(efficient_scores)).plan
     assert attention_edits(plan) == []
-    assert any("its size cancels" in note for note in plan.notes)
+    assert any("its size cancels or stays bounded" in note for note in plan.notes)
+
+
+def test_a_summed_product_of_two_unit_vectors_is_bounded_and_gets_no_edit():
+    plan = compiled(attention_lm(gated_unit_scores)).plan
+    assert attention_edits(plan) == [] and any("stays bounded" in note for note in plan.notes)
+    # the bound behind it: |sum_d q_d k_d g_d| <= max|g| for unit q, k, at any width
+    for d in (16, 256, 4096):
+        q, k = F.normalize(torch.randn(2, d), dim=-1)
+        assert (q * k * torch.rand(d)).sum().abs() <= 1.0
 
 
 def test_a_product_whose_size_escapes_is_refused_naming_its_line():
