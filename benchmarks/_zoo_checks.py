@@ -146,7 +146,8 @@ def readouts(at_base: tuple, at_delta: tuple) -> list | None:
 def growing_attention(at_base: dict, at_delta: dict) -> dict:
     """{module: attention calls} of the modules whose q·k contracted size differs between the
     two widths (those need muP's attention scale; a fixed d_head does not)."""
-    return {m: len(sizes) for m, sizes in at_base.items() if at_delta.get(m) and sizes != at_delta[m]}
+    return {m: len(sizes) for m, sizes in at_base.items() if at_delta.get(m) and sizes != at_delta[m]
+            and "unit" not in sizes}
 
 
 def attention_modules(model, inputs, softmax_sizes: dict | None = None) -> dict:
@@ -170,7 +171,8 @@ def attention_modules(model, inputs, softmax_sizes: dict | None = None) -> dict:
             tensors = [a for a in flat if isinstance(a, torch.Tensor)]  # einsum(eq, [q, k]) too
             # under no_grad only a parameter (or a view of one) requires grad: a projection, not q·k
             if func in products and len(tensors) >= 2 and not any(t.requires_grad for t in tensors):
-                last_product[0] = tuple(t.shape[-1] for t in tensors)
+                # cosine attention (q and k of unit length, as Swin v2's): bounded logits, no size that grows
+                last_product[0] = "unit" if unit_length(func, tensors) else tuple(t.shape[-1] for t in tensors)
             if stack and is_attention(func, args, softmaxes):
                 calls[stack[-1]].append(head_size(func, args) or last_product[0])
                 if softmax_sizes is not None:  # the size the softmax normalises over (None: not a softmax)
@@ -194,6 +196,19 @@ def attention_modules(model, inputs, softmax_sizes: dict | None = None) -> dict:
         for handle in handles:
             handle.remove()
     return dict(calls)
+
+
+def unit_length(func, tensors) -> bool:
+    """Whether a matmul's two operands have unit length along the dim it sums (observed, not assumed)."""
+    import torch
+
+    if func not in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm):
+        return False
+    a, b = tensors[:2]
+    if a.dim() < 2 or b.dim() < 2 or not a.is_floating_point():
+        return False
+    ones = lambda norms: torch.allclose(norms, torch.ones_like(norms), atol=1e-3)  # noqa: E731
+    return ones(a.norm(dim=-1)) and ones(b.norm(dim=-2))
 
 
 def multi_head_attentions() -> set:

@@ -17,7 +17,8 @@ delta width (the LM head, a classifier, a tied input embedding; where the last l
 fixed, as RemBERT's output_embedding_size, the layer before it); (d) one "attention_scale" edit
 per attention module (a module that runs a 4-D softmax, scaled_dot_product_attention or
 multi_head_attention_forward itself, found by running the model at base and delta width) when
-d_head grows, none when heads grow.
+d_head grows, none when heads grow, and none for cosine attention (q and k observed to have unit
+length along d_head, as Swin v2's: its logits are bounded at any width).
 
 Outcomes: ok (plan made, every check passes), wrong (some check fails), error (a MuRewriteError:
 its one-line message), crash (any other exception, or the timeout), build (not counted against

@@ -24,7 +24,7 @@ from torch import fx
 
 from ..widths import WIDTH_NAMES, Widths, WidthShape, record_at, scalar_at
 from . import ops
-from .contractions import grows, growing_products, of_activations, param_behind, score_path, score_paths
+from .contractions import between_unit_vectors, grows, growing_products, of_activations, param_behind, score_path, score_paths
 from .dims import Dataflow
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ def find_attention(flow: Dataflow) -> list:
             sites.append(_sdpa_site(flow, name))
         elif kind == ops.SOFTMAX:
             for contraction, path in _qk_contractions(flow, name):
-                if contraction not in seen:
+                # cosine attention (q and k of unit length): its logits stay bounded at any width
+                if contraction not in seen and not between_unit_vectors(flow, contraction):
                     seen.add(contraction)
                     sites.append(_matmul_site(flow, contraction, path))
     for contraction in growing_products(flow):  # logits that meet no softmax op: exp/logsumexp, sigmoid, ReLU

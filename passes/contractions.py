@@ -125,7 +125,7 @@ def score_paths(flow: Dataflow, contraction: str) -> list:
 def scale_free_blocker(flow: Dataflow, contraction: str) -> str | None:
     """None when the contraction's size cancels, or cannot grow (an operand is a softmax over the
     contracted dim: the product is a weighted average); else why it does not, naming the op it reaches."""
-    if _averages(flow, contraction) or _between_unit_vectors(flow, contraction):
+    if _averages(flow, contraction) or between_unit_vectors(flow, contraction):
         return None
     seeds = _sharing_an_operand(flow, contraction)
     degree = {}
@@ -174,7 +174,7 @@ def _averages(flow: Dataflow, contraction: str) -> bool:
     return False
 
 
-def _between_unit_vectors(flow: Dataflow, name: str) -> bool:
+def between_unit_vectors(flow: Dataflow, name: str) -> bool:
     """Whether two factors of the product are normalised to unit length along the summed dim
     (`F.normalize`, `x / sqrt((x * x).sum(-1))`): by Cauchy-Schwarz the product is then bounded by
     the other factors' largest entry, whatever the width (cosine attention, a delta rule's q·k)."""

@@ -89,6 +89,10 @@ def gated_unit_scores(q, k, v):  # a delta rule's intra-chunk scores: unit q, k 
     return (q[..., :, None, :] * k[..., None, :, :] * gate[..., None, :, :]).sum(-1).tril() @ v
 
 
+def cosine_scores(q, k, v):  # Swin v2: q and k of unit length, a temperature, a softmax
+    return torch.softmax(F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2) * 10.0, -1) @ v
+
+
 def unnormalised_scores(q, k, v):  # q k^T v with nothing that fixes the product's size
     return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])) @ v
 
@@ -198,6 +202,12 @@ def test_a_summed_product_of_two_unit_vectors_is_bounded_and_gets_no_edit():
     for d in (16, 256, 4096):
         q, k = F.normalize(torch.randn(2, d), dim=-1)
         assert (q * k * torch.rand(d)).sum().abs() <= 1.0
+
+
+def test_cosine_attention_is_bounded_and_gets_no_attention_scale():
+    """A logit scale on unit q and k would flatten the attention as width grows."""
+    plan = compiled(attention_lm(cosine_scores)).plan
+    assert attention_edits(plan) == [] and any("stays bounded" in note for note in plan.notes)
 
 
 def test_a_product_whose_size_escapes_is_refused_naming_its_line():
