@@ -154,7 +154,9 @@ def describe_failure(failure: Failure, widths: Widths | None = None) -> str:
                 f"at base width {widths.base}: {reason}{where}; check that every size the factory derives "
                 "from width is valid there (e.g. divisible by the number of heads), and pass inputs whose size "
                 "grows with width (encoder states, say) as a function: example_inputs(width)")
-    tried = " (on the meta device, and on CPU under fake tensors)" if failure.strategy.device == "fake-cpu" and cause != INPUTS else ""
+    tried = {"fake-cpu": " (on the meta device, and on CPU under fake tensors)",
+             "cpu": " (on the meta device, on CPU under fake tensors and with real tensors)"}.get(
+        failure.strategy.device, "") if cause != INPUTS and failure.width else ""
     return f"torch.export could not capture {name}{tried}: {reason}{where}; {_ADVICE[cause]}"
 
 

@@ -230,6 +230,12 @@ def _run(module, inputs, graph: bool = False):
         if graph and _backward_failed(exc):  # checked on its outputs only, as a graph with no gradient path
             with torch.no_grad():
                 return _forward_backward(module, inputs)[0], None
+        if graph and "Runtime assertion failed" in str(exc):
+            raise VerificationError(
+                "the model branches on tensor data and muP's edits change the values it branches on (a router's "
+                "logits, say), so the edited graph, which holds the branches the example took before the edits, "
+                f"no longer matches them ({first_line(exc)}); verification cannot check this model: pass "
+                "--no-verify to skip it") from exc
         if graph:
             raise VerificationError(
                 f"the model's captured graph cannot run forward and backward on the example inputs, so the "
