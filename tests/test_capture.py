@@ -322,7 +322,7 @@ def test_device_failure_on_meta_and_cpu_gives_device_advice():
     with pytest.raises(CaptureError) as info:
         capture(CudaOnlyKernel, X, WIDTHS)
     message = str(info.value)
-    assert "(on the meta device, and on CPU under fake tensors)" in message
+    assert "(on the meta device, on CPU under fake tensors and with real tensors)" in message
     assert "the fused kernel needs CUDA" in message and "depends on the device" in message
     assert line_of(CudaOnlyKernel, "raise RuntimeError") in message
 
