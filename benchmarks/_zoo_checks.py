@@ -172,7 +172,8 @@ def attention_modules(model, inputs, softmax_sizes: dict | None = None) -> dict:
             # under no_grad only a parameter (or a view of one) requires grad: a projection, not q·k
             if func in products and len(tensors) >= 2 and not any(t.requires_grad for t in tensors):
                 # cosine attention (q and k of unit length, as Swin v2's): bounded logits, no size that grows
-                last_product[0] = "unit" if unit_length(func, tensors) else tuple(t.shape[-1] for t in tensors)
+                equation = next((a for a in args if isinstance(a, str)), None)
+                last_product[0] = "unit" if unit_length(func, tensors, equation) else tuple(t.shape[-1] for t in tensors)
             if stack and is_attention(func, args, softmaxes):
                 calls[stack[-1]].append(head_size(func, args) or last_product[0])
                 if softmax_sizes is not None:  # the size the softmax normalises over (None: not a softmax)
@@ -198,17 +199,30 @@ def attention_modules(model, inputs, softmax_sizes: dict | None = None) -> dict:
     return dict(calls)
 
 
-def unit_length(func, tensors) -> bool:
+def unit_length(func, tensors, equation: str | None = None) -> bool:
     """Whether a matmul's two operands have unit length along the dim it sums (observed, not assumed)."""
     import torch
 
+    ones = lambda norms: torch.allclose(norms, torch.ones_like(norms), atol=1e-3)  # noqa: E731
+    if func is torch.einsum and len(tensors) == 2 and isinstance(equation, str):
+        dims = summed_dims(equation)
+        return dims is not None and all(t.is_floating_point() and ones(t.norm(dim=d)) for t, d in zip(tensors, dims))
     if func not in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm):
         return False
     a, b = tensors[:2]
     if a.dim() < 2 or b.dim() < 2 or not a.is_floating_point():
         return False
-    ones = lambda norms: torch.allclose(norms, torch.ones_like(norms), atol=1e-3)  # noqa: E731
     return ones(a.norm(dim=-1)) and ones(b.norm(dim=-2))
+
+
+def summed_dims(equation: str):
+    """For a two-operand einsum summing one letter: that letter's dim in each operand, else None."""
+    lhs, _, out = equation.replace(" ", "").partition("->")
+    operands = lhs.split(",")
+    if len(operands) != 2 or "." in lhs:
+        return None
+    summed = [c for c in operands[0] if c in operands[1] and c not in out]
+    return (operands[0].index(summed[0]), operands[1].index(summed[0])) if len(summed) == 1 else None
 
 
 def multi_head_attentions() -> set:
