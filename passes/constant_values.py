@@ -13,6 +13,8 @@ Writes: {node name: {width name: float}} for every one-element node computed fro
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import fx
 
@@ -42,8 +44,11 @@ def read_constant_values(factory, flow: Dataflow) -> dict:
 
 def _is_scale_constant(flow: Dataflow, name: str) -> bool:
     shape = flow.shape(name)
-    if shape is None or isinstance(shape, list) or shape.numel("target") != 1 or flow.graph.nodes[name]["param"]:
+    if shape is None or isinstance(shape, list) or flow.graph.nodes[name]["param"]:
         return False
+    sizes = shape.at("target")
+    if not all(isinstance(size, int) for size in sizes) or math.prod(sizes) != 1:
+        return False  # a size only known at run time (unbacked) is no one-element constant
     node = flow.fx(name)
     return node.op != "output" and any(ops.op_name(user) in ops.SCALAR_ARITH for user in node.users) \
         and flow.is_constant(name)
