@@ -27,7 +27,14 @@ from .dims import Dataflow
 
 def growing_products(flow: Dataflow) -> list:
     """Contractions of two non-parameter operands, at least one computed from the inputs, over a
-    dim that grows with width, in graph order."""
+    dim that grows with width, in graph order (found once per graph: every pass asks)."""
+    cached = flow.graph.graph.get("growing_products")
+    if cached is None:
+        cached = flow.graph.graph["growing_products"] = _growing_products(flow)
+    return cached
+
+
+def _growing_products(flow: Dataflow) -> list:
     data = data_dependent(flow)
     found = []
     for name in flow.graph.nodes:
