@@ -186,7 +186,8 @@ def between_unit_vectors(flow: Dataflow, name: str) -> bool:
     (`F.normalize`, `x / sqrt((x * x).sum(-1))`): by Cauchy-Schwarz the product is then bounded by
     the other factors' largest entry, whatever the width (cosine attention, a delta rule's q·k)."""
     summed = _summed_sizes(flow, name)
-    units = [f for f in _factors(flow, name) if summed and _unit_sizes(flow, _behind_constant_factors(f)) == summed]
+    units = [f for f in _factors(flow, name)
+             if summed and (behind := _behind_shrinking_factors(flow, f)) is not None and _unit_sizes(flow, behind) == summed]
     return len(units) >= 2
 
 
@@ -215,7 +216,7 @@ def _factors(flow: Dataflow, name: str) -> list:
     node = flow.fx(name)
     found, frontier = [], operands_of(flow, name) if ops.kind(node) == ops.CONTRACTION else [node.args[0]]
     while frontier:
-        current = _behind_constant_factors(frontier.pop())  # k_beta.unsqueeze(-2): the mul behind the view
+        current = _behind_views(frontier.pop())  # k_beta.unsqueeze(-2): the mul behind the view
         if ops.op_name(current) == "mul" and all(isinstance(a, fx.Node) for a in current.args[:2]) \
                 and not _normalises_itself(flow, current, of_data=True):
             frontier += list(current.args[:2])
@@ -256,6 +257,28 @@ def _all_zeros(node: fx.Node) -> bool:
 def _shape(node: fx.Node) -> tuple:
     value = node.meta.get("val")
     return tuple(value.shape) if value is not None and hasattr(value, "shape") else ()
+
+
+def _behind_shrinking_factors(flow: Dataflow, node: fx.Node) -> fx.Node | None:
+    """The tensor behind views and constant factors that do not grow with width (qwen3_next's
+    `query * d**-0.5`); None past a factor that grows (`* d**0.5` makes a unit vector's length grow)."""
+    while node.args and isinstance(node.args[0], fx.Node):
+        if ops.op_name(node) in ops.SCALAR_ARITH and not isinstance(node.args[1], fx.Node):
+            base, delta = (flow.fx(node.name, at).args[1] for at in ("base", "delta"))
+            grow = abs(delta / base) if ops.op_name(node) == "mul" else abs(base / delta)
+            if not base or not delta or grow > 1.0:
+                return None
+        elif ops.kind(node) != ops.VIEW or ops.op_name(node) in ops.JOINING:
+            break
+        node = node.args[0]
+    return node
+
+
+def _behind_views(node: fx.Node) -> fx.Node:
+    while node.args and isinstance(node.args[0], fx.Node) and ops.kind(node) == ops.VIEW \
+            and ops.op_name(node) not in ops.JOINING:
+        node = node.args[0]
+    return node
 
 
 def _behind_constant_factors(node: fx.Node) -> fx.Node:

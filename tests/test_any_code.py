@@ -93,6 +93,11 @@ def cosine_scores(q, k, v):  # Swin v2: q and k of unit length, a temperature, a
     return torch.softmax(F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2) * 10.0, -1) @ v
 
 
+def rescaled_unit_scores(q, k, v):  # unit q and k made sqrt(d) long again: the product grows as d
+    q, k = (F.normalize(z, dim=-1) * z.shape[-1] ** 0.5 for z in (q, k))
+    return (q @ k.transpose(-1, -2)).tril() @ v
+
+
 def unnormalised_scores(q, k, v):  # q k^T v with nothing that fixes the product's size
     return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])) @ v
 
@@ -208,6 +213,11 @@ def test_cosine_attention_is_bounded_and_gets_no_attention_scale():
     """A logit scale on unit q and k would flatten the attention as width grows."""
     plan = compiled(attention_lm(cosine_scores)).plan
     assert attention_edits(plan) == [] and any("stays bounded" in note for note in plan.notes)
+
+
+def test_unit_vectors_scaled_back_up_with_width_are_not_taken_as_bounded():
+    with pytest.raises(MuRewriteError, match=r"product matmul .* does not cancel"):
+        compiled(attention_lm(rescaled_unit_scores))
 
 
 def test_a_product_whose_size_escapes_is_refused_naming_its_line():
