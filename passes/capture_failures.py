@@ -83,7 +83,7 @@ def classify_failure(exc: BaseException) -> str:
 def next_strategy(failure: Failure, may_change_device: bool = True) -> Strategy | None:
     """The next strategy to try after `failure`, or None when no fallback can help."""
     strategy = failure.strategy
-    if failure.cause == DATA_DEPENDENT and strategy.mode == "train":
+    if failure.cause == DATA_DEPENDENT and strategy.mode == "train" and strategy.tracer == "export":
         return replace(strategy, mode="eval")
     if failure.cause == DATA_DEPENDENT and strategy.tracer == "export" and (may_change_device or strategy.device == "cpu"):
         return Strategy(device="cpu", mode="train", tracer="real")
