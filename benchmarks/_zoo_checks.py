@@ -153,14 +153,16 @@ def growing_attention(at_base: dict, at_delta: dict) -> dict:
 def attention_modules(model, inputs, softmax_sizes: dict | None = None) -> dict:
     """{module path: [d_head of each attention call in one forward]}: the innermost module running
     each scaled_dot_product_attention (d_head: the query's last dim) or multi-head attention function
-    (embed_dim / num_heads), or each softmax over attention scores (4-D, or 3-D square; d_head: the
+    (embed_dim / num_heads), or each softmax (or logsumexp) over attention scores (4-D, or 3-D square; d_head: the
     last dim of the latest product of two activations before it)."""
     import torch
     from torch.overrides import TorchFunctionMode
 
     names = {id(m): n for n, m in model.named_modules()}
     stack, calls, last_product = [], collections.defaultdict(list), [None]
-    softmaxes = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax}
+    # a softmax written out as exp(x - logsumexp(x)) (Reformer) normalises scores as one does
+    softmaxes = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, torch.logsumexp,
+                 torch.Tensor.logsumexp}
     products = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm,
                 torch.baddbmm, torch.Tensor.baddbmm, torch.einsum}
 

@@ -107,11 +107,13 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
         compile_ = functools.partial(_compiled, factory, example_inputs, widths, step, parametrization, options,
                                      families, verify_width)
         try:
-            plan, diff, verification = compile_(share_blocks)
+            plan, diff, verification, stubbed = *compile_(share_blocks), None
         except StubError as exc:  # the copies could not be checked against their representative
+            stubbed = exc
+        if stubbed is not None:  # outside the except clause: what this raises must not carry the StubError
             plan, diff, verification = compile_(False)
             plan.notes.append(f"every repeated block analysed: with each distinct block once, verification found "
-                              f"{exc}")
+                              f"{stubbed}")
     model = realize(build_model(factory, target), plan, reinit=True) if materialize else None
     origin = {"factory": f"{getattr(factory, '__module__', '')}.{getattr(factory, '__name__', 'make_model')}",
               "materialized": materialize}

@@ -174,7 +174,8 @@ def _refuse_unknown_uses(flow: Dataflow, uses: dict) -> None:
             branches = flow.captures.branches
             taken = "" if branches is None else (
                 f" (the model branches on tensor data{branches}, so it was traced on real tensors and holds the "
-                "branches the example takes: every expert of a mixture needs tokens routed to it)")
+                "branches the example takes: every expert of a mixture needs tokens routed to it, a global-attention "
+                "path its mask)")
             raise MuRewriteError(
                 f"parameter '{name}' is not used by the model's forward on the example inputs{taken}, so its muP "
                 "role is unknown; pass example inputs that run it (e.g. pixel_values for a vision tower), or pass "
