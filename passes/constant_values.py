@@ -7,8 +7,9 @@ Writes: {node name: {width name: float}} for every one-element node computed fro
         width_constants holds at its base value where it sits on a readout. The graphs are captured
         on meta, where a buffer holds no value, so the model is built on the CPU at each width with
         its init fills deferred (no parameter memory is written) and each node is evaluated from
-        that build's buffers. A node that also reads a constant lifted from forward (a meta tensor
-        in the captured program) is left out: it stays unknown, and a readout it scales is refused.
+        that build's buffers (and the constants the forward made that the capture kept with their
+        values). A node that reads a constant the capture holds on meta is left out: it stays
+        unknown, and a readout it scales is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 
 import torch
 from torch import fx
+from torch._subclasses.fake_tensor import is_fake
 
 from ..widths import WIDTH_NAMES
 from . import ops
@@ -55,15 +57,23 @@ def _is_scale_constant(flow: Dataflow, name: str) -> bool:
 
 
 def _buffers_by_placeholder(flow: Dataflow, at: str, build) -> dict:
-    """Placeholder name -> the build's buffer, its deferred fill run (a buffer drawn at random)."""
+    """Placeholder name -> the build's buffer, its deferred fill run (a buffer drawn at random), or a
+    constant the forward made whose value the capture kept (`torch.FloatTensor([0.5])` is made on the
+    CPU whatever the device)."""
     named = dict(build.model.named_buffers(remove_duplicate=False))
-    found = {}
+    program = flow.captures.programs[at]
+    found = {placeholder: value for placeholder, name in program.graph_signature.inputs_to_lifted_tensor_constants.items()
+             if isinstance(value := program.constants.get(name), torch.Tensor) and _holds_values(value)}
     with build.stream() as fills:
-        for placeholder, fqn in flow.captures.programs[at].graph_signature.inputs_to_buffers.items():
+        for placeholder, fqn in program.graph_signature.inputs_to_buffers.items():
             if fqn in named and named[fqn].numel() <= 1 << 16:
                 fills.run(named[fqn])
                 found[placeholder] = named[fqn]
     return found
+
+
+def _holds_values(tensor: torch.Tensor) -> bool:
+    return tensor.device.type != "meta" and not is_fake(tensor) and tensor.numel() <= 1 << 16
 
 
 def _evaluate(node: fx.Node, buffers: dict, memo: dict):

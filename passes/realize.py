@@ -105,7 +105,7 @@ def install_edits(model: nn.Module, edits: list) -> None:
     layer run at each) gets its paths' edits, the k-th path's calls numbered after the earlier paths'."""
     hooked, by_object = {}, {}
     for edit in edits:
-        module = model.get_submodule(edit.module)
+        module = module_at(model, edit.module)
         if edit.realized_by == "forward_pre_hook":
             if id(module) not in hooked:
                 hooked[id(module)] = edit.factor
@@ -128,6 +128,21 @@ def install_edits(model: nn.Module, edits: list) -> None:
         installed.append(interceptor)
     if installed:  # each forward of the model counts its modules' calls from 0
         model.register_forward_pre_hook(ResetCalls(installed))
+
+
+def module_at(model: nn.Module, path: str) -> nn.Module:
+    """The module at `path`; for a module object held at several paths, which torch.export may name by
+    its attribute alone (`fc` for pytorch-tabnet's shared GLU layers), the one object whose paths end so."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        pass
+    found = {id(m): m for name, m in model.named_modules(remove_duplicate=False)
+             if name == path or name.endswith("." + path)}
+    if len(found) != 1:
+        raise MuRewriteError(f"the captured graph names module '{path}', which is {'no' if not found else 'more than one'} "
+                             "module of the model; please report this model (run with --debug)")
+    return next(iter(found.values()))
 
 
 def _numbered_across_paths(by_path: dict) -> list:
