@@ -135,6 +135,7 @@ def scale_free_blocker(flow: Dataflow, contraction: str) -> str | None:
     if _averages(flow, contraction) or between_unit_vectors(flow, contraction):
         return None
     seeds = _sharing_an_operand(flow, contraction)
+    units = {u.name for seed in seeds for u in _unit_factors(flow, seed)}
     degree = {}
     order = list(flow.graph.nodes)
     for name in order[min(order.index(s) for s in seeds):]:
@@ -145,6 +146,8 @@ def scale_free_blocker(flow: Dataflow, contraction: str) -> str | None:
         found = _degree(node, degree)
         if name in seeds and found is not None:
             found += 1.0
+        elif found is not None and any(v > 0 for v in inputs.values()) and _projects_back(flow, node, units):
+            found -= 1.0  # (a·u) u: a projected onto the unit direction u it was measured along
         if found is None:
             module = f"module '{flow.module(name)}'" if flow.module(name) else "the root module"
             return f"its size reaches {ops.op_name(node) or node.op} in {module}, which does not cancel it (under " \
@@ -185,10 +188,27 @@ def between_unit_vectors(flow: Dataflow, name: str) -> bool:
     """Whether two factors of the product are normalised to unit length along the summed dim
     (`F.normalize`, `x / sqrt((x * x).sum(-1))`): by Cauchy-Schwarz the product is then bounded by
     the other factors' largest entry, whatever the width (cosine attention, a delta rule's q·k)."""
+    return len(_unit_factors(flow, name)) >= 2
+
+
+def _unit_factors(flow: Dataflow, name: str) -> list:
+    """The factors of the product of unit length along its summed dim (behind views and factors that
+    do not grow with width)."""
     summed = _summed_sizes(flow, name)
-    units = [f for f in _factors(flow, name)
-             if summed and (behind := _behind_shrinking_factors(flow, f)) is not None and _unit_sizes(flow, behind) == summed]
-    return len(units) >= 2
+    found = []
+    for factor in _factors(flow, name) if summed else ():
+        behind = _behind_shrinking_factors(flow, factor)
+        if behind is not None and _unit_sizes(flow, behind) == summed:
+            found.append(behind)
+    return found
+
+
+def _projects_back(flow: Dataflow, node: fx.Node, units: set) -> bool:
+    """`p * u` with u a unit vector some product was summed along: the RMS of (a·u) u is at most a's
+    (an orthogonal projection), whatever the width (NeoMME's removal of the value direction)."""
+    return ops.op_name(node) == "mul" and any(
+        (behind := _behind_shrinking_factors(flow, a)) is not None and behind.name in units
+        for a in node.all_input_nodes)
 
 
 def _summed_sizes(flow: Dataflow, name: str) -> tuple | None:
@@ -246,6 +266,15 @@ def _unit_sizes(flow: Dataflow, node: fx.Node) -> tuple | None:
         if len(sizes) == 2:
             return tuple(sizes)
     return None
+
+
+def _is_zero(node: fx.Node, depth: int = 8) -> bool:
+    """A tensor of zeros, or a view or product of one (MiniMax's first block reads a state of zeros)."""
+    node = _behind_views(node)
+    if _all_zeros(node):
+        return True
+    return depth > 0 and (ops.op_name(node) == "mul" or ops.kind(node) == ops.CONTRACTION) and \
+        any(_is_zero(a, depth - 1) for a in node.all_input_nodes)
 
 
 def _all_zeros(node: fx.Node) -> bool:
@@ -310,8 +339,12 @@ def _degree(node: fx.Node, degree: dict):
         return of(slots.get("input")) * slots["exponent"]
     if name in ops.DEGREE_FACTOR:
         return of(slots.get("input")) * ops.DEGREE_FACTOR[name]
+    if name in ops.DEGREE_LARGER:  # max(|n|, floor): as s grows the growing operand is the larger
+        degrees = {of(a) for a in tensors if not _is_zero(a)} - {0.0}
+        if len(degrees) == 1 and next(iter(degrees)) > 0:
+            return degrees.pop()
     if kind == ops.VIEW or name in ops.DEGREE_ALIKE or name in ops.LOGIT_AFFINE:
-        degrees = {of(a) for a in tensors if not _is_mask(a)}
+        degrees = {of(a) for a in tensors if not _is_mask(a) and not _is_zero(a)}  # zeros have any degree
         return degrees.pop() if len(degrees) == 1 else (0.0 if not degrees else None)
     return 0.0 if not any(of(a) for a in tensors) else None
 

@@ -163,6 +163,8 @@ DEGREE_ALIKE = {"add", "sub", "where", "masked_fill", "clamp", "clamp_min", "cla
                 "triu", "tril"}
 ZEROS = {"zeros", "new_zeros", "zeros_like"}  # a tensor of zeros, whatever it is multiplied with
 SUMMING = {"sum", "mean"}  # over given dims: with an elementwise product inside, a contraction written out
+# the larger of its operands: one growing in s against a floor that does not (xLSTM's max(|n|, exp(-m))) has its degree
+DEGREE_LARGER = {"maximum", "clamp_min"}
 DEGREE_FACTOR = {"reciprocal": -1.0, "rsqrt": -0.5, "sqrt": 0.5, "var": 2.0, "square": 2.0}
 # non-linear functions of an attention score (attention whose logits meet no softmax op: exp over a
 # logsumexp, sigmoid or ReLU scores): what q·k reaches when its scale matters

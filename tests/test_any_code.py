@@ -98,6 +98,24 @@ def rescaled_unit_scores(q, k, v):  # unit q and k made sqrt(d) long again: the 
     return (q @ k.transpose(-1, -2)).tril() @ v
 
 
+def lightning_scores(q, k, v):  # MiniMax: decayed q k^T v, a first block reading a zero state, then a norm
+    state = torch.zeros(*q.shape[:-2], q.shape[-1], v.shape[-1])
+    decay = torch.ones(q.shape[-2], q.shape[-2]).tril() * 0.9
+    out = (q @ k.transpose(-1, -2) * decay) @ v + (q * 0.5) @ state
+    return F.rms_norm(out, out.shape[-1:])
+
+
+def mlstm_scores(q, k, v):  # xLSTM's parallel mLSTM: C / max(|sum C|, floor)
+    c = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).tril()
+    return c / torch.maximum(c.sum(-1, keepdim=True).abs(), torch.ones(())) @ v
+
+
+def projection_removed(q, k, v):  # NeoMME: the component of the output along the unit value direction removed
+    out = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+    unit = F.normalize(v, dim=-1)
+    return out - (out * unit).sum(-1, keepdim=True) * unit
+
+
 def unnormalised_scores(q, k, v):  # q k^T v with nothing that fixes the product's size
     return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])) @ v
 
@@ -218,6 +236,15 @@ def test_cosine_attention_is_bounded_and_gets_no_attention_scale():
 def test_unit_vectors_scaled_back_up_with_width_are_not_taken_as_bounded():
     with pytest.raises(MuRewriteError, match=r"product matmul .* does not cancel"):
         compiled(attention_lm(rescaled_unit_scores))
+
+
+@pytest.mark.parametrize("scores", [lightning_scores, mlstm_scores, projection_removed])
+def test_products_whose_size_a_norm_a_floored_normaliser_or_a_projection_takes_back_need_no_edit(scores):
+    plan = compiled(attention_lm(scores)).plan
+    # the projection's model keeps its softmax attention's scale; the others have no softmax attention
+    expected = attention_edits(compiled(attention_lm(softmax_scores)).plan) if scores is projection_removed else []
+    assert attention_edits(plan) == expected
+    assert any("stays bounded" in note for note in plan.notes)
 
 
 def test_a_product_whose_size_escapes_is_refused_naming_its_line():
