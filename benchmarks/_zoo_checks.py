@@ -176,7 +176,7 @@ def attention_modules(model, inputs, softmax_sizes: dict | None = None) -> dict:
                 # cosine attention (q and k of unit length, as Swin v2's): bounded logits, no size that grows
                 equation = next((a for a in args if isinstance(a, str)), None)
                 last_product[0] = "unit" if unit_length(func, tensors, equation) else tuple(t.shape[-1] for t in tensors)
-            if stack and is_attention(func, args, softmaxes):
+            if stack and is_attention(func, args, softmaxes, kwargs):
                 calls[stack[-1]].append(head_size(func, args) or last_product[0])
                 if softmax_sizes is not None:  # the size the softmax normalises over (None: not a softmax)
                     softmax_sizes.setdefault(stack[-1], []).append(args[0].shape[-1] if func in softmaxes else None)
@@ -247,11 +247,16 @@ def head_size(func, args):
     return None
 
 
-def is_attention(func, args, softmaxes) -> bool:
+def is_attention(func, args, softmaxes, kwargs=None) -> bool:
     import torch
 
     if func is torch.nn.functional.scaled_dot_product_attention or func in multi_head_attentions():
         return True
+    if func in (torch.logsumexp, torch.Tensor.logsumexp):
+        dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim")
+        dim = dim[0] if isinstance(dim, (list, tuple)) and len(dim) == 1 else dim
+        if not isinstance(dim, int) or dim % args[0].dim() != args[0].dim() - 1:
+            return False  # normalising over keys is over the last dim (Reformer also combines hash rounds over dim 1)
     if func in softmaxes and args and isinstance(args[0], torch.Tensor):
         shape = args[0].shape
         return len(shape) >= 4 or (len(shape) == 3 and shape[-1] == shape[-2])

@@ -96,7 +96,7 @@ def undecided(flow: Dataflow, decided: set) -> list:
         if ops.kind(flow.fx(name)) != ops.CONTRACTION and scale_free_blocker(flow, name) is not None:
             found.append((name, "it is written as the sum of an elementwise product, whose scale muprewrite cannot "
                                 "change where it is computed (write it with matmul or einsum)"))
-        elif not of_activations(flow, name):
+        elif not of_activations(flow, name) and scale_free_blocker(flow, name) is not None:
             found.append((name, "one operand is a constant tensor (a buffer, random features), and muP has no rule "
                                 "for a fixed matrix of the width"))
         elif (blocker := scale_free_blocker(flow, name)) is not None:
@@ -331,6 +331,8 @@ def _degree(node: fx.Node, degree: dict):
         return 0.0 if not any(others) else None
     if name == "output":
         return max((abs(of(a)) for a in tensors), default=0.0)
+    if name in ops.SCALE_INVARIANT:  # which entry is largest: the same whatever the common factor
+        return 0.0
     if kind == ops.CONTRACTION or name == "mul":
         return sum(of(a) for a in tensors)
     if name == "div":
@@ -359,7 +361,13 @@ def _sharing_an_operand(flow: Dataflow, contraction: str) -> set:
     products of the same q, whose sizes grow together."""
     roots = {_root(a) for a in operands_of(flow, contraction)}
     return {name for name in growing_products(flow)
-            if name == contraction or roots & {_root(a) for a in operands_of(flow, name)}}
+            if name == contraction or (roots & {_root(a) for a in operands_of(flow, name)} and not _logits(flow, name))}
+
+
+def _logits(flow: Dataflow, name: str) -> bool:
+    """Attention logits (a softmax or score functions follow): decided as attention, whatever else reads q."""
+    _, ends = _affine_region(flow, name)
+    return bool(score_paths(flow, name)) or any(ops.kind(flow.fx(end)) == ops.SOFTMAX for end in ends)
 
 
 def _root(node: fx.Node) -> str:
@@ -373,9 +381,10 @@ def _affine_region(flow: Dataflow, contraction: str) -> tuple:
     """(nodes computed from the contraction by ops affine in it, the first ops past them)."""
     region, ends, frontier = set(), set(), [contraction]
     while frontier:
-        for user in flow.graph.successors(frontier.pop()):
+        source = frontier.pop()
+        for user in flow.graph.successors(source):
             node = flow.fx(user)
-            if user in region or ops.kind(node) == ops.IGNORED:
+            if user in region or ops.kind(node) == ops.IGNORED or _reads_only_metadata(node, flow.fx(source)):
                 continue
             if ops.kind(node) == ops.VIEW or ops.op_name(node) in ops.LOGIT_AFFINE:
                 region.add(user)
@@ -383,6 +392,12 @@ def _affine_region(flow: Dataflow, contraction: str) -> tuple:
             else:
                 ends.add(user)
     return region, ends
+
+
+def _reads_only_metadata(node: fx.Node, source: fx.Node) -> bool:
+    """`p.type_as(logits)`: the logits enter only for their dtype or shape."""
+    slots = ops.slots_of(node, source)
+    return bool(slots) and all(slot in ops.METADATA_SLOTS.get(ops.op_name(node), ()) for slot in slots)
 
 
 def grows(flow: Dataflow, name: str) -> bool:

@@ -153,6 +153,8 @@ JOINING = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "index_p
 # factors are the model's scale); past any other op (tanh soft-capping, clamps) the scale is not read on.
 LOGIT_AFFINE = {"add", "sub", "mul", "div", "masked_fill", "where", "dropout", "native_dropout", "_to_copy", "to",
                 "type_as", "float"}
+# argument slots read only for their dtype or shape: no value of that tensor flows through them
+METADATA_SLOTS = dict.fromkeys(("type_as", "expand_as", "view_as", "reshape_as"), ("other",))
 # How an op's result scales when a tensor flowing into it is multiplied by a common factor s: its
 # degree in s (passes/contractions.py asks whether the size of a product of two activations cancels).
 # "alike": every scaled input has one degree and the result has it (views, sums, adds, clamps; a plain
@@ -165,6 +167,8 @@ ZEROS = {"zeros", "new_zeros", "zeros_like"}  # a tensor of zeros, whatever it i
 SUMMING = {"sum", "mean"}  # over given dims: with an elementwise product inside, a contraction written out
 # the larger of its operands: one growing in s against a floor that does not (xLSTM's max(|n|, exp(-m))) has its degree
 DEGREE_LARGER = {"maximum", "clamp_min"}
+# what does not change when its input is multiplied by a positive factor (LSH hashing's argmax of random rotations)
+SCALE_INVARIANT = {"argmax", "argmin", "argsort"}
 DEGREE_FACTOR = {"reciprocal": -1.0, "rsqrt": -0.5, "sqrt": 0.5, "var": 2.0, "square": 2.0}
 # non-linear functions of an attention score (attention whose logits meet no softmax op: exp over a
 # logsumexp, sigmoid or ReLU scores): what q·k reaches when its scale matters

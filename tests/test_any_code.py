@@ -60,6 +60,18 @@ def logsumexp_scores(q, k, v):  # Reformer's normalisation: exp(x - logsumexp(x)
     return torch.exp(logits - torch.logsumexp(logits, -1, keepdim=True)) @ v
 
 
+def typed_logsumexp_scores(q, k, v):  # reformer-pytorch: the probabilities cast with .type_as(the logits)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    return torch.exp(logits - torch.logsumexp(logits, -1, keepdim=True)).type_as(logits) @ v
+
+
+def hashed_scores(q, k, v):  # LSH: buckets from the argmax of random rotations, then attention within a bucket
+    rotations = torch.randn(q.shape[-1], 4, generator=torch.Generator().manual_seed(0))
+    buckets = torch.argmax(q @ rotations, -1)
+    same = buckets[..., :, None] == buckets[..., None, :]
+    return softmax_scores(q, k, v) * same.any(-1, keepdim=True)
+
+
 def sigmoid_scores(q, k, v):
     return torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) - 2.0) @ v
 
@@ -197,7 +209,8 @@ class StraightPadding(PaddingBranch):
 # --- 4. attention without a softmax op -------------------------------------------------------
 
 
-@pytest.mark.parametrize("scores", [logsumexp_scores, sigmoid_scores, relu_scores])
+@pytest.mark.parametrize("scores", [logsumexp_scores, typed_logsumexp_scores, sigmoid_scores, relu_scores,
+                                    hashed_scores])
 def test_attention_without_a_softmax_op_gets_the_scale_its_softmax_twin_gets(scores):
     twin = attention_edits(compiled(attention_lm(softmax_scores)).plan)
     assert twin == [("block", 1 / math.sqrt(64), 1 / math.sqrt(64) * math.sqrt(16 / 64))]  # 1/sqrt(d) -> 1/d
