@@ -22,6 +22,7 @@ import networkx as nx
 from torch import fx
 
 from . import ops
+from .degree import all_zeros, behind_constant_factors, behind_views, degree_of, is_zero
 from .dims import Dataflow
 
 
@@ -46,7 +47,7 @@ def _growing_products(flow: Dataflow) -> list:
         elif not _summed_product_grows(flow, name):
             continue
         operands = operands_of(flow, name)
-        if any(_all_zeros(a) for a in operands):
+        if any(all_zeros(a) for a in operands):
             continue  # a state that starts at zero: the product is zero at every width
         if any(param_behind(flow, a) for a in operands) or not any(a.name in data for a in operands):
             continue
@@ -143,7 +144,7 @@ def scale_free_blocker(flow: Dataflow, contraction: str) -> str | None:
         inputs = {a.name: degree.get(a.name, 0.0) for a in node.all_input_nodes}
         if name not in seeds and not any(inputs.values()):
             continue
-        found = _degree(node, degree)
+        found = degree_of(node, degree)
         if name in seeds and found is not None:
             found += 1.0
         elif found is not None and any(v > 0 for v in inputs.values()) and _projects_back(flow, node, units):
@@ -167,7 +168,7 @@ def _averages(flow: Dataflow, contraction: str) -> bool:
     for slot, operand in ops.node_slots(node).items():
         if not isinstance(operand, fx.Node) or ops.contracted_dims(node, slot, len(_shape(operand))) is None:
             continue
-        softmax = _behind_constant_factors(operand)
+        softmax = behind_constant_factors(operand)
         if ops.kind(softmax) != ops.SOFTMAX:
             continue
         summed, normalised = set(), set()
@@ -236,7 +237,7 @@ def _factors(flow: Dataflow, name: str) -> list:
     node = flow.fx(name)
     found, frontier = [], operands_of(flow, name) if ops.kind(node) == ops.CONTRACTION else [node.args[0]]
     while frontier:
-        current = _behind_views(frontier.pop())  # k_beta.unsqueeze(-2): the mul behind the view
+        current = behind_views(frontier.pop())  # k_beta.unsqueeze(-2): the mul behind the view
         if ops.op_name(current) == "mul" and all(isinstance(a, fx.Node) for a in current.args[:2]) \
                 and not _normalises_itself(flow, current, of_data=True):
             frontier += list(current.args[:2])
@@ -268,21 +269,6 @@ def _unit_sizes(flow: Dataflow, node: fx.Node) -> tuple | None:
     return None
 
 
-def _is_zero(node: fx.Node, depth: int = 8) -> bool:
-    """A tensor of zeros, or a view or product of one (MiniMax's first block reads a state of zeros)."""
-    node = _behind_views(node)
-    if _all_zeros(node):
-        return True
-    return depth > 0 and (ops.op_name(node) == "mul" or ops.kind(node) == ops.CONTRACTION) and \
-        any(_is_zero(a, depth - 1) for a in node.all_input_nodes)
-
-
-def _all_zeros(node: fx.Node) -> bool:
-    node = _behind_constant_factors(node)
-    name, slots = ops.op_name(node), ops.node_slots(node)
-    return name in ops.ZEROS or (name in ("full", "new_full", "full_like") and slots.get("fill_value") == 0)
-
-
 def _shape(node: fx.Node) -> tuple:
     value = node.meta.get("val")
     return tuple(value.shape) if value is not None and hasattr(value, "shape") else ()
@@ -301,59 +287,6 @@ def _behind_shrinking_factors(flow: Dataflow, node: fx.Node) -> fx.Node | None:
             break
         node = node.args[0]
     return node
-
-
-def _behind_views(node: fx.Node) -> fx.Node:
-    while node.args and isinstance(node.args[0], fx.Node) and ops.kind(node) == ops.VIEW \
-            and ops.op_name(node) not in ops.JOINING:
-        node = node.args[0]
-    return node
-
-
-def _behind_constant_factors(node: fx.Node) -> fx.Node:
-    while node.args and isinstance(node.args[0], fx.Node) and (
-            (ops.kind(node) == ops.VIEW and ops.op_name(node) not in ops.JOINING)
-            or (ops.op_name(node) in ops.SCALAR_ARITH and not isinstance(node.args[1], fx.Node))):
-        node = node.args[0]
-    return node
-
-
-def _degree(node: fx.Node, degree: dict):
-    """The degree of the node's result in s, from its inputs' (None: not homogeneous, or not known)."""
-    name, kind = ops.op_name(node), ops.kind(node)
-    slots = ops.node_slots(node)
-    tensors = [a for a in node.all_input_nodes if ops.kind(a) != ops.IGNORED]
-    of = lambda value: degree.get(value.name, 0.0) if isinstance(value, fx.Node) else 0.0  # noqa: E731
-    if kind == ops.IGNORED:
-        return 0.0
-    if kind == ops.NORM:
-        others = [of(v) for s, v in slots.items() if s != "input" and isinstance(v, fx.Node)]
-        return 0.0 if not any(others) else None
-    if name == "output":
-        return max((abs(of(a)) for a in tensors), default=0.0)
-    if name in ops.SCALE_INVARIANT:  # which entry is largest: the same whatever the common factor
-        return 0.0
-    if kind == ops.CONTRACTION or name == "mul":
-        return sum(of(a) for a in tensors)
-    if name == "div":
-        return of(slots.get("input")) - of(slots.get("other"))
-    if name == "pow" and isinstance(slots.get("exponent"), (int, float)):
-        return of(slots.get("input")) * slots["exponent"]
-    if name in ops.DEGREE_FACTOR:
-        return of(slots.get("input")) * ops.DEGREE_FACTOR[name]
-    if name in ops.DEGREE_LARGER:  # max(|n|, floor): as s grows the growing operand is the larger
-        degrees = {of(a) for a in tensors if not _is_zero(a)} - {0.0}
-        if len(degrees) == 1 and next(iter(degrees)) > 0:
-            return degrees.pop()
-    if kind == ops.VIEW or name in ops.DEGREE_ALIKE or name in ops.LOGIT_AFFINE:
-        degrees = {of(a) for a in tensors if not _is_mask(a) and not _is_zero(a)}  # zeros have any degree
-        return degrees.pop() if len(degrees) == 1 else (0.0 if not degrees else None)
-    return 0.0 if not any(of(a) for a in tensors) else None
-
-
-def _is_mask(node: fx.Node) -> bool:
-    value = node.meta.get("val")
-    return value is not None and getattr(value, "dtype", None) is not None and str(value.dtype) == "torch.bool"
 
 
 def _sharing_an_operand(flow: Dataflow, contraction: str) -> set:
