@@ -6,7 +6,9 @@ Writes: a list of `AttentionSite`, one per attention in graph order:
           1/sqrt(d_head);
         * a q·k contraction (matmul, bmm, baddbmm, einsum) that reaches a softmax through masks,
           additive biases, dropout, casts and views — its scale is the product of the constant
-          multiplications and divisions on that path (and baddbmm's alpha).
+          multiplications and divisions on that path (and baddbmm's alpha); or a summed
+          elementwise product `(q_i * k_j).sum(-1)` reaching one, scaled at the sum's input;
+        * such a product reaching only score functions (exp, sigmoid, ReLU, a group max).
         d_head is the contracted size of q. Whether it grows with width decides, in the plan,
         whether the logit scale must change from ~1/sqrt(d) to ~1/d. Each site also records
         which rows of which weight (and bias) produce q — the query slice of a fused qkv — for
@@ -24,13 +26,15 @@ from torch import fx
 
 from ..widths import WIDTH_NAMES, Widths, WidthShape, record_at, scalar_at
 from . import ops
-from .contractions import between_unit_vectors, grows, growing_products, of_activations, param_behind, score_path, score_paths
+from .contractions import (between_unit_vectors, grows, growing_products, of_activations, param_behind, score_path,
+                           score_paths, summed_product_grows)
 from .dims import Dataflow
+
 
 @dataclass(frozen=True)
 class AttentionSite:
-    node: str  # the sdpa node, or the q·k contraction node
-    kind: str  # "sdpa" | "matmul"
+    node: str  # the sdpa node, the q·k contraction node, or the sum of a summed product q * k
+    kind: str  # the family realize counts its calls in: "sdpa" | "matmul" | "sum" (a summed product q * k)
     module: str
     d_head: dict  # width name -> contracted size of q
     old_scale: dict  # width name -> the scale the model applies today
@@ -185,8 +189,15 @@ def _contractions_past_unknown_ops(flow: Dataflow, softmax: str):
 def _is_qk(flow: Dataflow, name: str) -> bool:
     node = flow.fx(name)
     spec = ops.spec(node)
+    if _is_summed_product(flow, name):
+        return not _has_parameter_operand(flow, node.args[0])
     return spec is not None and spec.kind == ops.CONTRACTION and spec.query is not None \
         and not _has_parameter_operand(flow, node)
+
+
+def _is_summed_product(flow: Dataflow, name: str) -> bool:
+    """q·k written out: `(q_i * k_j).sum(-1)` over a growing dim (torch_geometric's TransformerConv)."""
+    return ops.op_name(flow.fx(name)) == "sum" and summed_product_grows(flow, name)
 
 
 def _graph_order(flow: Dataflow):
@@ -228,6 +239,8 @@ def _d_head(flow: Dataflow, name: str) -> dict:
 
 
 def _matmul_site(flow: Dataflow, name: str, path: list) -> AttentionSite:
+    if _is_summed_product(flow, name):
+        return _summed_site(flow, name, path)
     slot = ops.spec(flow.fx(name)).query
     terms, d_head = _path_terms(flow, path), _d_head(flow, name)
     old = {w: _combined_scale([(op, values[w]) for op, values in terms], d_head[w]) for w in WIDTH_NAMES}
@@ -235,6 +248,19 @@ def _matmul_site(flow: Dataflow, name: str, path: list) -> AttentionSite:
     return AttentionSite(name, "matmul", flow.module(name), d_head, old, slot,
                          _query_slices(flow, name, slot), softmax=path[-1], query=flow.shape(query.name),
                          query_dims=_query_dims(flow, name), scale_terms=terms, widths=flow.widths)
+
+
+def _summed_site(flow: Dataflow, name: str, path: list) -> AttentionSite:
+    """A summed product's site: the sum's input (the product) is scaled, at the sum's call."""
+    dims = ops.node_slots(flow.fx(name)).get("dim")
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    product = {w: tuple(flow.fx(name, w).args[0].meta["val"].shape) for w in WIDTH_NAMES}
+    d_head = {w: math.prod(product[w][d] for d in dims) for w in WIDTH_NAMES}
+    terms = _path_terms(flow, path)
+    old = {w: _combined_scale([(op, values[w]) for op, values in terms], d_head[w]) for w in WIDTH_NAMES}
+    return AttentionSite(name, "sum", flow.module(name), d_head, old, "input", None, softmax=path[-1],
+                         query=flow.shape(flow.fx(name).args[0].name), query_dims=dims, scale_terms=terms,
+                         widths=flow.widths)
 
 
 def _path_terms(flow: Dataflow, path: list) -> tuple:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import itertools
 import logging
 import threading
 import warnings
@@ -273,7 +274,7 @@ def _export(model: nn.Module, inputs, strategy: Strategy) -> torch.export.Export
     device = "cpu" if strategy.device == "fake-cpu" else strategy.device
     args, kwargs = split_inputs(to_device(inputs, device))
     model.train(strategy.mode == "train")  # left in the mode it was captured in
-    with _state_kept(model):
+    with _state_kept(model), _moves_in_place_skipped():
         trace = torch.export.draft_export if strategy.tracer == "real" else torch.export.export
         with torch.device(device), _quiet(), _no_node_stack_traces():
             return trace(model, args, kwargs, strict=False)
@@ -294,6 +295,26 @@ def _state_kept(model: nn.Module):
             for table, kept in ((module._buffers, buffers), (module._parameters, parameters), (module._modules, children)):
                 table.clear()
                 table.update(kept)
+
+
+@contextlib.contextmanager
+def _moves_in_place_skipped():
+    """`module.to(device)` in a forward (offloading code: `expert.to(self.device)`) returns the
+    module when it changes nothing: export cannot swap a parameter, even for itself."""
+    original = nn.Module.to
+
+    def to_unless_in_place(module, *args, **kwargs):
+        device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+        tensors = itertools.chain(module.parameters(), module.buffers())
+        if dtype is None and memory_format is None and all(device in (None, t.device) for t in tensors):
+            return module
+        return original(module, *args, **kwargs)
+
+    nn.Module.to = to_unless_in_place
+    try:
+        yield
+    finally:
+        nn.Module.to = original
 
 
 @contextlib.contextmanager

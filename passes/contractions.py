@@ -44,7 +44,7 @@ def _growing_products(flow: Dataflow) -> list:
         if spec is not None and spec.kind == ops.CONTRACTION and spec.query is not None:
             if not grows(flow, name):
                 continue
-        elif not _summed_product_grows(flow, name):
+        elif not summed_product_grows(flow, name):
             continue
         operands = operands_of(flow, name)
         if any(all_zeros(a) for a in operands):
@@ -70,7 +70,7 @@ def operands_of(flow: Dataflow, name: str) -> list:
     return [a for a in node.all_input_nodes if ops.kind(a) != ops.IGNORED]
 
 
-def _summed_product_grows(flow: Dataflow, name: str) -> bool:
+def summed_product_grows(flow: Dataflow, name: str) -> bool:
     """`(q * k).sum(-1)`: a sum over a growing dim of an elementwise product of two tensors."""
     node = flow.fx(name)
     if ops.op_name(node) not in ops.SUMMING or not node.args or not isinstance(node.args[0], fx.Node) \
@@ -121,7 +121,7 @@ def score_path(flow: Dataflow, contraction: str) -> list | None:
 def score_paths(flow: Dataflow, contraction: str) -> list:
     """A path to each op past the ops affine in the logits, in graph order; [] unless all are score functions."""
     region, ends = _affine_region(flow, contraction)
-    if not ends or any(ops.op_name(flow.fx(end)) not in ops.SCORE_FUNCTIONS for end in ends):
+    if not ends or not all(ops.is_score_function(flow.fx(end)) for end in ends):
         return []
     paths = []
     for end in sorted(ends, key=_graph_order(flow)):

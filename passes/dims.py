@@ -14,6 +14,7 @@ Raises: `WidthError` when the graphs differ between widths (naming the first dif
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -128,10 +129,14 @@ def _op(node) -> str:
     return "" if node is None else str(getattr(node.target, "__name__", node.target)).split(".")[0]
 
 
+_SIZE_COMPARISONS = {operator.lt, operator.le, operator.gt, operator.ge, operator.eq, operator.ne}
+
+
 def _is_guard(node) -> bool:
-    """A node of the checks a real-tensor trace leaves on the branches it took (`_assert_scalar`, `sym_not`)."""
+    """A node of the checks a real-tensor trace leaves on the branches it took (`_assert_scalar`, `sym_not`,
+    a comparison of sizes)."""
     name = "" if node is None else str(getattr(node.target, "__name__", node.target))
-    return "assert" in name or name.startswith("sym_")
+    return "assert" in name or name.startswith("sym_") or getattr(node, "target", None) in _SIZE_COMPARISONS
 
 
 def _signature(node):

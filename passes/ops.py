@@ -123,6 +123,9 @@ REGISTRY = {
     "_native_batch_norm_legit": _norm(),
     "_native_batch_norm_legit_no_training": _norm(),
     "instance_norm": _norm(),
+    # no kind (to the analysis a reduction is an op it does not know); registered so that the realization
+    # counts its calls: a sum of an elementwise product q * k is an attention site (passes/attention.py)
+    "sum": OpSpec(None, "sum", (torch.sum, _T.sum)),
     "scaled_dot_product_attention": OpSpec(SDPA, "sdpa", (F.scaled_dot_product_attention,), query="query",
                                            scale="scale"),
     **dict.fromkeys(("softmax", "_softmax", "_safe_softmax"), OpSpec(SOFTMAX)),
@@ -174,6 +177,16 @@ DEGREE_FACTOR = {"reciprocal": -1.0, "rsqrt": -0.5, "sqrt": 0.5, "var": 2.0, "sq
 # logsumexp, sigmoid or ReLU scores): what q·k reaches when its scale matters
 SCORE_FUNCTIONS = {"exp", "sigmoid", "relu", "gelu", "silu", "elu", "tanh", "softplus", "logsumexp", "amax", "max",
                    "log_sigmoid", "hardtanh", "leaky_relu", "relu6", "special_expit", "exp2"}
+# scatter reductions taking a maximum per group (torch_geometric's softmax over each node's edges
+# subtracts it, as a softmax subtracts amax): reduce slot -> the values that make one a score function
+SCATTER_MAXIMA = {"scatter_reduce": {"amax", "amin"}, "scatter_reduce_": {"amax", "amin"}}
+
+
+def is_score_function(node: fx.Node) -> bool:
+    name = op_name(node)
+    return name in SCORE_FUNCTIONS or node_slots(node).get("reduce") in SCATTER_MAXIMA.get(name, ())
+
+
 # nn.Linear classes whose forward is F.linear(input, weight, bias) and nothing else (hooks on the
 # module's input scale exactly that call; the weight attribute is the one the call reads)
 LINEAR_MODULES = {"torch.nn.modules.linear.Linear", "torch.nn.modules.linear.NonDynamicallyQuantizableLinear"}

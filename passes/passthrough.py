@@ -22,7 +22,7 @@ from torch.fx.experimental.proxy_tensor import get_proxy_mode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import CaptureError
-from .realize import counting_calls, skip_calls
+from .realize import as_traced, counting_calls, skip_calls
 from .repeats import representative_of
 
 
@@ -136,9 +136,10 @@ def _stub(original: nn.Module, forward) -> nn.Module:
 
 
 def _recording(module: nn.Module, path: str, seen: dict):
-    original = module.forward
+    own = module.__dict__.get("forward")  # a forward set on the instance (realize's interceptor)
 
     def forward(*args, **kwargs):
+        original = own or functools.partial(type(module).forward, as_traced(module))
         outputs, calls = counting_calls(original, *args, **kwargs)
         leaves, structure = tree_flatten((args, kwargs))
         out_leaves, out_structure = tree_flatten(outputs)

@@ -25,6 +25,7 @@ from collections import Counter
 
 import torch
 from torch import nn
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack, redispatch_function
 
 from ..errors import MuRewriteError
@@ -131,18 +132,12 @@ def install_edits(model: nn.Module, edits: list) -> None:
 
 
 def module_at(model: nn.Module, path: str) -> nn.Module:
-    """The module at `path`; for a module object held at several paths, which torch.export may name by
-    its attribute alone (`fc` for pytorch-tabnet's shared GLU layers), the one object whose paths end so."""
+    """The module at `path` (a path the captured graph names)."""
     try:
         return model.get_submodule(path)
     except AttributeError:
-        pass
-    found = {id(m): m for name, m in model.named_modules(remove_duplicate=False)
-             if name == path or name.endswith("." + path)}
-    if len(found) != 1:
-        raise MuRewriteError(f"the captured graph names module '{path}', which is {'no' if not found else 'more than one'} "
-                             "module of the model; please report this model (run with --debug)")
-    return next(iter(found.values()))
+        raise MuRewriteError(f"the captured graph names module '{path}', which the model does not have; please "
+                             "report this model (run with --debug)") from None
 
 
 def _numbered_across_paths(by_path: dict) -> list:
@@ -224,7 +219,7 @@ class InterceptCalls:
         self.depth += 1
         try:
             with _EditCalls({k[1:]: v for k, v in self.edits.items() if k[0] == call}, self.fired, call):
-                return type(self.module).forward(self.module, *args, **kwargs)
+                return type(self.module).forward(as_traced(self.module), *args, **kwargs)
         finally:
             self.depth -= 1
 
@@ -255,6 +250,17 @@ class _EditCalls(TorchFunctionMode):
         for edit in edits:
             args, kwargs = edit_arguments(edit, func, args, kwargs)
         return func(*args, **kwargs)
+
+
+def as_traced(module: nn.Module) -> nn.Module:
+    """The module as an export sees it: when a model holds one module object at several paths,
+    export tracks each submodule through a proxy named by its access path, and a forward run on the
+    raw module would name its children by their attribute alone (`fc`, for every GLU layer)."""
+    tracer = getattr(get_proxy_mode(), "tracer", None)
+    if not getattr(tracer, "enable_attr_proxy", False) or not tracer.module_stack:
+        return module
+    path, _ = next(reversed(tracer.module_stack.values()))  # the call now running: this module's
+    return tracer.proxy_type(module, path) if path in tracer.module_id_cache.get(id(module), ()) else module
 
 
 def counting_calls(function, *args, **kwargs) -> tuple:

@@ -16,6 +16,7 @@ from torch import nn
 import muprewrite
 from muprewrite.errors import MuRewriteError
 from muprewrite.passes.capture import export_model
+from muprewrite.passes.verify import without_branch_checks
 
 VOCAB, BASE, TARGET = 64, 32, 128
 
@@ -70,6 +71,18 @@ def hashed_scores(q, k, v):  # LSH: buckets from the argmax of random rotations,
     buckets = torch.argmax(q @ rotations, -1)
     same = buckets[..., :, None] == buckets[..., None, :]
     return softmax_scores(q, k, v) * same.any(-1, keepdim=True)
+
+
+def summed_product_scores(q, k, v):  # torch_geometric's TransformerConv: q_i * k_j summed over d, pair by pair
+    return torch.softmax((q[..., :, None, :] * k[..., None, :, :]).sum(-1) / math.sqrt(q.shape[-1]), -1) @ v
+
+
+def scatter_softmax_scores(q, k, v):  # torch_geometric's softmax: each group's max by scatter_reduce, then exp
+    logits = (q[..., :, None, :] * k[..., None, :, :]).sum(-1) / math.sqrt(q.shape[-1])
+    group = torch.zeros(logits.shape, dtype=torch.long)
+    top = torch.full_like(logits[..., :1], -1e9).scatter_reduce(-1, group, logits.detach(), "amax")
+    e = (logits - top).exp()
+    return e / e.sum(-1, keepdim=True) @ v
 
 
 def sigmoid_scores(q, k, v):
@@ -210,7 +223,7 @@ class StraightPadding(PaddingBranch):
 
 
 @pytest.mark.parametrize("scores", [logsumexp_scores, typed_logsumexp_scores, sigmoid_scores, relu_scores,
-                                    hashed_scores])
+                                    hashed_scores, summed_product_scores, scatter_softmax_scores])
 def test_attention_without_a_softmax_op_gets_the_scale_its_softmax_twin_gets(scores):
     twin = attention_edits(compiled(attention_lm(softmax_scores)).plan)
     assert twin == [("block", 1 / math.sqrt(64), 1 / math.sqrt(64) * math.sqrt(16 / 64))]  # 1/sqrt(d) -> 1/d
@@ -322,6 +335,26 @@ def test_metadata_reads_are_not_uses():
     assert entry.role == "vector" and {u["op"] for u in entry.uses} == {"sub"}
 
 
+class PositiveRows(nn.Module):
+    """A Python branch on how many rows are positive, both sides computing the same sum (a fast path)."""
+
+    def forward(self, x):
+        rows = torch.nonzero(x[:, 0] > 0).squeeze(-1)
+        if rows.shape[0] < x.shape[0]:  # some rows: those
+            return (x[rows] * (x[rows] > 0)).sum(0)
+        return (x * (x > 0)).sum(0)  # every row
+
+
+def test_a_graph_without_its_branch_checks_runs_where_the_branch_flipped():
+    """Verify runs the edited graph so: muP's edits (a router's multiplier) change what the model branches on."""
+    traced_on = torch.tensor([[1.0, 2.0], [-1.0, 3.0]])
+    program = torch.export.draft_export(PositiveRows(), (traced_on,))
+    flipped = torch.tensor([[1.0, -2.0], [4.0, 3.0]])
+    with pytest.raises(RuntimeError, match="Runtime assertion failed"):
+        program.module()(flipped)
+    assert torch.equal(without_branch_checks(program.module())(flipped), PositiveRows()(flipped))
+
+
 # --- 2. module state written during forward --------------------------------------------------
 
 
@@ -346,6 +379,27 @@ def test_a_forward_that_caches_a_buffer_is_exported_without_keeping_fakes():
     assert model.block.table is None and model.training  # as built: no fake tensor left, mode kept
     result = compiled(lambda width: LM(width, CachedRotary(width)))  # verify exports, then runs eagerly
     assert result.report.verification["outputs"] is not None
+
+
+class Offloading(nn.Module):
+    """st-moe-pytorch's experts: each moved to the model's device in every forward (there, a no-op)."""
+
+    def __init__(self, width, moves=True):
+        super().__init__()
+        self.experts = nn.ModuleList([nn.Linear(width, width) for _ in range(2)])
+        self.register_buffer("dummy", torch.zeros(1), persistent=False)
+        self.moves = moves
+
+    def forward(self, x):
+        for expert in self.experts:
+            if self.moves:
+                expert.to(self.dummy.device)
+        return sum(expert(x) for expert in self.experts)
+
+
+def test_a_forward_moving_its_modules_where_they_are_is_planned_like_its_twin():
+    moving, twin = (compiled(lambda width: LM(width, Offloading(width, moves))) for moves in (True, False))
+    assert moving.plan.edits == twin.plan.edits and moving.plan.parameters == twin.plan.parameters
 
 
 # --- 3. one module object at several places --------------------------------------------------
@@ -379,6 +433,47 @@ def test_a_block_listed_three_times_is_realized_once_verified_and_folded():
     assert torch.allclose(result.model(*tokens()), twin(*tokens()), atol=1e-5)
     folded = muprewrite.fold(result.model, result.plan, example_inputs=tokens())  # checks the outputs itself
     assert torch.allclose(folded(*tokens()), twin(*tokens()), atol=1e-5)
+
+
+class Selector(nn.Module):
+    """A step's gate over 4 features: its linear is a readout."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, 4)
+
+    def forward(self, h):
+        return h * torch.sigmoid(self.fc(h)).mean(-1, keepdim=True)
+
+
+class SharedAndRepeated(nn.Module):
+    """pytorch-tabnet's layout: one linear held at two paths, and repeated steps whose representative
+    is captured for its copies (passes/repeats.py): export then tracks modules by access path."""
+
+    def __init__(self, width):
+        super().__init__()
+        shared = nn.Linear(width, width)
+        self.before, self.after = shared, shared
+        self.steps = nn.ModuleList([Selector(width), Selector(width)])
+
+    def forward(self, x):
+        h = torch.relu(self.before(x))
+        for step in self.steps:
+            h = step(h)
+        return self.after(h)
+
+
+def test_children_of_a_repeated_block_keep_their_paths_when_a_module_is_shared_elsewhere():
+    make_model = lambda width: LM(width, SharedAndRepeated(width))  # noqa: E731
+    shared, unshared = (compiled(make_model, share_blocks=flag).plan for flag in (True, False))
+    readouts = [(e.module, e.call, e.new) for e in shared.edits if e.kind == "readout_multiplier"]
+    assert readouts == [("block.steps.0.fc", 0, BASE / TARGET), ("block.steps.1.fc", 0, BASE / TARGET),
+                        ("head", 0, BASE / TARGET)]
+    decided = lambda plan: [(e.kind, e.module, e.param, e.call, e.new) for e in plan.edits]  # noqa: E731
+    assert decided(shared) == decided(unshared)
+    torch.manual_seed(0)
+    result = muprewrite.mupify(make_model, base=BASE, target=TARGET, example_inputs=tokens())  # realized, verified
+    assert result.report.verification["outputs"] is not None
 
 
 # --- 7. normalised parameters ----------------------------------------------------------------
