@@ -21,6 +21,8 @@ from expert_hit_loop import ExpertHitLoop  # noqa: E402  (also the CLI fixture)
 
 WIDTHS = Widths(32, 64, 128)
 X = (torch.randn(4, 8),)
+# 64 tokens over 4 experts, seeded: no expert gets a single token (a size-1 guard draft export cannot decide)
+ROUTED = (torch.randn(64, 8, generator=torch.Generator().manual_seed(0)),)
 
 _LIBRARY = torch.library.Library("muprewrite_capture_test", "DEF")
 _LIBRARY.define("opaque(Tensor x) -> Tensor")
@@ -193,10 +195,9 @@ def test_layerdrop_is_captured_in_eval_mode_with_every_layer():
 @pytest.mark.parametrize("model, line", [(ExpertHitLoop, "for expert_idx in expert_hit:"),
                                          (ExpertListLoop, ".tolist():")])
 def test_an_expert_hit_loop_is_traced_on_real_tensors_naming_the_loop(model, line):
-    """torch.export refuses the loop in train and eval mode; the example's own routing then decides it
-    (seeded: a routing that sends one token to an expert meets a size-1 guard draft export cannot decide)."""
+    """torch.export refuses the loop in train and eval mode; the example's own routing then decides it."""
     torch.manual_seed(0)
-    captures = capture(model, X, WIDTHS)
+    captures = capture(model, ROUTED, WIDTHS)
     assert captures.device == "cpu"
     assert f"in module '(root)' ({model.__name__}), at {line_of(model, line)}" in captures.branches
     [note] = [n for n in captures.notes if "real tensors" in n]
