@@ -274,7 +274,7 @@ def _export(model: nn.Module, inputs, strategy: Strategy) -> torch.export.Export
     device = "cpu" if strategy.device == "fake-cpu" else strategy.device
     args, kwargs = split_inputs(to_device(inputs, device))
     model.train(strategy.mode == "train")  # left in the mode it was captured in
-    with _state_kept(model), _moves_in_place_skipped():
+    with _state_kept(model), _moves_in_place_skipped(model):
         trace = torch.export.draft_export if strategy.tracer == "real" else torch.export.export
         with torch.device(device), _quiet(), _no_node_stack_traces():
             return trace(model, args, kwargs, strict=False)
@@ -298,15 +298,17 @@ def _state_kept(model: nn.Module):
 
 
 @contextlib.contextmanager
-def _moves_in_place_skipped():
-    """`module.to(device)` in a forward (offloading code: `expert.to(self.device)`) returns the
-    module when it changes nothing: export cannot swap a parameter, even for itself."""
-    original = nn.Module.to
+def _moves_in_place_skipped(model: nn.Module):
+    """`module.to(device)` on one of `model`'s modules (offloading code in a forward: `expert.to(self.device)`)
+    returns the module when it changes nothing: export cannot swap a parameter, even for itself. Other
+    modules (export's own copies, whose conversions carry real tensors) convert as ever."""
+    original, own = nn.Module.to, {id(m) for m in model.modules()}
 
     def to_unless_in_place(module, *args, **kwargs):
         device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
         tensors = itertools.chain(module.parameters(), module.buffers())
-        if dtype is None and memory_format is None and all(device in (None, t.device) for t in tensors):
+        if id(module) in own and dtype is None and memory_format is None \
+                and all(device in (None, t.device) for t in tensors):
             return module
         return original(module, *args, **kwargs)
 
