@@ -256,7 +256,7 @@ def as_traced(module: nn.Module) -> nn.Module:
     """The module as an export sees it: when a model holds one module object at several paths,
     export tracks each submodule through a proxy named by its access path, and a forward run on the
     raw module would name its children by their attribute alone (`fc`, for every GLU layer)."""
-    if torch.compiler.is_compiling():  # dynamo cannot trace the dispatch-mode query; it names modules itself
+    if torch.compiler.is_dynamo_compiling():  # dynamo cannot trace the dispatch-mode query; it names modules itself
         return module
     tracer = getattr(get_proxy_mode(), "tracer", None)
     if not getattr(tracer, "enable_attr_proxy", False) or not tracer.module_stack:
