@@ -23,8 +23,10 @@ from torch import fx
 
 from ..errors import WidthError
 from ..widths import WIDTH_NAMES, Widths, WidthShape
+from . import ops
 from .capture import Captures
 from .inline import inline_hops
+from .source import line_in_forward
 
 
 @dataclass
@@ -116,13 +118,22 @@ def _check_same_structure(graphs: dict, branches: str | None = None) -> None:
             if _signature(node) != _signature(base):
                 raise WidthError(
                     f"the graph at {name} width differs from the base graph at node "
-                    f"{_describe(base)} vs {_describe(node)}; the model's structure (layers, ops) "
-                    f"must not depend on width{_NOOP_SLICE if {_op(base), _op(node)} == {'slice', 'alias'} else ''}"
+                    f"{_describe(base)} vs {_describe(node)}{_located(base)}; the model's structure (layers, ops) "
+                    f"must not depend on width{_slice_hint(base, node, branches)}"
                 )
 
 
 _NOOP_SLICE = (" (a slice that takes the whole dim at one width, such as an expert capacity equal to the "
                "tokens, is no op there: make the size differ from the dim's at every width)")
+
+
+def _slice_hint(base, node, branches: str | None) -> str:
+    if {_op(base), _op(node)} != {"slice", "alias"}:
+        return ""
+    if branches is None:
+        return _NOOP_SLICE
+    return (f"; the model reads sizes from tensor data{branches}, and one the example sets at one width makes this "
+            "slice take the whole dim (a one-hot sized by the largest index, say): size it by a constant")
 
 
 def _op(node) -> str:
@@ -141,6 +152,15 @@ def _is_guard(node) -> bool:
 
 def _signature(node):
     return None if node is None else (node.name, node.op, str(node.target))
+
+
+def _located(node) -> str:
+    """" in module 'PATH' (Type) at FILE:LINE: `code`" of a graph node, for a message."""
+    if node is None:
+        return ""
+    path, module_type = _innermost_module(node)
+    owner = f" in module '{path}' ({module_type.rpartition('.')[2]})" if path else " in the root module"
+    return owner + line_in_forward(module_type, ops.op_name(node))
 
 
 def _describe(node) -> str:

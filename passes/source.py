@@ -1,6 +1,6 @@
 """source: point at the line of the user's model code that produced a graph node.
 
-Reads:  `Dataflow` and a node name.
+Reads:  `Dataflow` and a node name (or a module's class and an op name).
 Writes: nothing; gives ` at FILE:LINE: `code`` for error messages. Graphs are captured without
         per-node stack traces (a tenth of export's time), so the line is found in the forward of
         the module that ran the node: the first line there that calls the op by name, else the
@@ -12,8 +12,12 @@ from __future__ import annotations
 import importlib
 import inspect
 
+from typing import TYPE_CHECKING
+
 from . import ops
-from .dims import Dataflow
+
+if TYPE_CHECKING:
+    from .dims import Dataflow
 
 
 _OPERATORS = {"matmul": "@"}  # an op written as an operator, where the name alone finds no line
@@ -26,7 +30,13 @@ def where(flow: Dataflow, node: str, module: str) -> str:
 
 
 def source_line(flow: Dataflow, node: str) -> str:
-    forward = _forward_of(flow.module_type(node))
+    return line_in_forward(flow.module_type(node), ops.op_name(flow.fx(node)))
+
+
+def line_in_forward(module_type: str, op: str) -> str:
+    """` at FILE:LINE: `code`` of the first line of the forward of `module_type` (a qualified class name)
+    that calls `op` by name, else ` (its forward is at FILE:LINE)`, else ""."""
+    forward = _forward_of(module_type)
     if forward is None:
         return ""
     try:
@@ -34,7 +44,7 @@ def source_line(flow: Dataflow, node: str) -> str:
         filename = inspect.getsourcefile(forward)
     except (OSError, TypeError):
         return ""
-    op = ops.op_name(flow.fx(node)).strip("_")
+    op = op.strip("_")
     spellings = [f".{op}(", f" {op}(", f"({op}("] + ([_OPERATORS[op]] if op in _OPERATORS else [])
     for offset, line in enumerate(lines):
         if op and any(spelling in line for spelling in spellings):

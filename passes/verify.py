@@ -69,11 +69,12 @@ def verify(factory, inputs, plan: Plan, width: int, realize_fn=realize, built: D
         differences, baseline = _judged(got, oracle, factory, width, inputs, exported, realized, plan)
     except VerificationError as exc:
         if _branches(exported.program):
+            cause = exc.__cause__ or exc  # what the graph raised, or how the two differ
             raise VerificationError(
                 "the model branches on tensor data and muP's edits change the values it branches on (a router's "
                 "logits, say), so the edited graph, which holds the branches the example took before the edits, "
-                f"no longer matches the realized model ({first_line(exc)}); verification cannot check this model: "
-                "pass --no-verify to skip it") from exc
+                f"no longer matches the realized model ({first_line(cause)}); verification cannot check this "
+                "model: pass --no-verify to skip it") from exc
         raise
     differences["baseline"] = baseline and {k: max(v.values(), default=0.0) for k, v in baseline.items()}
     differences["copies"] = _check_copies(realized, plan.repeats, inputs)

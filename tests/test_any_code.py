@@ -335,6 +335,28 @@ def test_metadata_reads_are_not_uses():
     assert entry.role == "vector" and {u["op"] for u in entry.uses} == {"sub"}
 
 
+class DataSizedOneHot(nn.Module):
+    """mixture-of-experts' safe_one_hot: a one-hot sized by the largest index it holds, cut back to 8 classes
+    (here the index is width / 8, so the cut is no op at base width and a slice at the others)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        ids = (x.sum(-1) * 0).long() + x.shape[-1] // 8
+        classes = F.one_hot(ids, max(int(ids.max()) + 1, 8))[..., :8]
+        return self.proj(x) + classes.argmax(-1, keepdim=True)
+
+
+def test_a_size_read_from_data_that_differs_between_widths_is_refused_naming_the_module():
+    with pytest.raises(MuRewriteError) as error:
+        compiled(lambda width: LM(width, DataSizedOneHot(width)), verify_width=False)
+    message = str(error.value)
+    assert "in module 'block' (DataSizedOneHot)" in message and "reads sizes from tensor data" in message
+    assert f"{__file__}:{DataSizedOneHot.forward.__code__.co_firstlineno + 2}" in message  # the branching line
+
+
 class PositiveRows(nn.Module):
     """A Python branch on how many rows are positive, both sides computing the same sum (a fast path)."""
 
