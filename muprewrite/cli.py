@@ -16,6 +16,7 @@ from .errors import MuRewriteError
 from .hf import GROWS
 from .loading import load_model_file
 from .optimizers import NAMES
+from .options import cli_help
 from .passes.emit import check_out_dir
 from .rules import PARAMETRIZATIONS
 
@@ -40,10 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parametrization", choices=PARAMETRIZATIONS, default="mup")
     parser.add_argument("--grow", choices=GROWS, help="hf: models only: what grows with width, head_dim (the "
                         "default: head counts fixed) or heads (head sizes fixed)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a rewrite option, repeatable: alpha_out=2.0, zero_init_readout=true, "
-                        "zero_init_query=true, norm_gains=frozen, weight_decay=coupled, attention_scale=sp, "
-                        "adam_eps=scaled, alpha_attn=..., alpha_in=... (see README)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help=cli_help())
     parser.add_argument("--optimizer", action="append", choices=sorted(NAMES), metavar="NAME",
                         help="an optimizer family you will train with, repeatable (the report shows its LR and WD "
                         "multipliers): " + ", ".join(sorted(NAMES)) + " (default: adamw and sgd)")

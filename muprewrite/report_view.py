@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .options import changed_options
 from .plan import Plan
 from .report_collapse import collapse, each
 
@@ -245,10 +246,8 @@ def counted(n: int, noun: str) -> str:
 
 
 def options_text(options: dict) -> str:
-    from .passes.decide import DEFAULT_OPTIONS
-
-    changed = [f"{k}={v}" for k, v in options.items() if DEFAULT_OPTIONS.get(k) != v]
-    return ", ".join(changed) if changed else "defaults"
+    names = changed_options(options)
+    return ", ".join(names) if names else "defaults"
 
 
 def verification_lines(verification: dict | None) -> list:

@@ -19,6 +19,7 @@ from torch import fx
 
 from .. import optimizers
 from ..errors import MuRewriteError
+from ..options import checked_options
 from ..plan import Edit, ParamPlan, Plan
 from ..rules import KEEP, attention_factor, rule_for, weight_decay_mult
 from ..widths import check_at
@@ -31,39 +32,6 @@ from .passthrough import StubError
 from .repeats import copies_ops_before, inside
 from .source import where
 from .width_constants import width_constants_around
-
-DEFAULT_OPTIONS = {
-    "alpha_out": 1.0,  # readout multiplier (TP5 alpha_output)
-    "alpha_attn": 1.0,  # attention logit multiplier
-    "alpha_in": 1.0,  # input weight multiplier
-    "weight_decay": "independent",  # lr * wd fixed per tensor; "coupled": torch's plain wd
-    "attention_scale": "mup",  # "sp" keeps 1/sqrt(d_head) (Lingle: breaks transfer)
-    "zero_init_readout": False,  # TP5 §D.2
-    "zero_init_query": False,  # TP5 §D.2; Lingle: slightly better
-    "norm_gains": "trainable",  # "frozen" (requires_grad False) or "removed" (fixed at 1)
-    "adam_eps": "constant",  # "scaled": eps / fan_in multiplier (TP5 §B.3)
-    "muon_adjust_lr": "original",  # torch.optim.Muon's adjust_lr_fn the muon groups are made for
-    # "freeze": a scalar on a readout's input that changes with width (T5's d_model**-0.5) is
-    # held at its base value, so muP's 1/m is the readout's only width dependence; "keep" keeps it
-    "width_constants": "freeze",
-    # "error": a parameter used by an op the compiler does not understand stops the run;
-    # "sp": it keeps the standard parametrization and the report marks it
-    "unknown_ops": "error",
-    # "error": a small random tensor drawn too few times to tell whether its init std grows or
-    # shrinks as width^1/2 stops the run; "constant": it is taken as width-independent and warned of
-    "unresolved_init": "error",
-}
-CHOICES = {
-    "weight_decay": ("independent", "coupled"),
-    "attention_scale": ("mup", "sp"),
-    "norm_gains": ("trainable", "frozen", "removed"),
-    "adam_eps": ("constant", "scaled"),
-    "muon_adjust_lr": optimizers.MUON_ADJUST_LR,
-    "width_constants": ("freeze", "keep"),
-    "unknown_ops": ("error", "sp"),
-    "unresolved_init": ("error", "constant"),
-}
-
 
 def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization: str = "mup",
            options: dict | None = None, at: str | int = "target") -> Plan:
@@ -94,25 +62,6 @@ def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization:
     place_folds(flow, edits, parameters, at)
     widths = flow.widths
     return Plan(parametrization, widths.base, widths.delta, widths[at], options, parameters, edits, warnings=[])
-
-
-def checked_options(options: dict | None) -> dict:
-    unknown = sorted(set(options or {}) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise MuRewriteError(f"unknown option(s) {', '.join(unknown)}; known options: {', '.join(DEFAULT_OPTIONS)}")
-    options = {**DEFAULT_OPTIONS, **(options or {})}
-    for key, default in DEFAULT_OPTIONS.items():
-        value = options[key]
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise MuRewriteError(f"option {key} takes true or false, got {value!r}")
-        if isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise MuRewriteError(f"option {key} takes a positive number, got {value!r}")
-            options[key] = float(value)
-    for key, allowed in CHOICES.items():
-        if options[key] not in allowed:
-            raise MuRewriteError(f"option {key}={options[key]!r} is not one of {', '.join(allowed)}")
-    return options
 
 
 def primary_use(param_uses: list):

@@ -1,6 +1,7 @@
 """The paper's knobs as rewrite options: each reaches the plan, the report and the model."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,9 @@ import torch
 import gpt_sdpa
 import mlp
 import muprewrite
+from muprewrite.cli import main
 from muprewrite.errors import MuRewriteError
+from muprewrite.options import OPTIONS, markdown_table
 import transformer_encoder
 from test_passes import TOKENS, EinsumNet
 
@@ -166,3 +169,16 @@ def test_bad_option_values_are_refused():
         mupify(mlp, options={"norm_gains": "gone"})
     with pytest.raises(muprewrite.MuRewriteError, match="unknown parametrization"):
         mupify(mlp, parametrization="table7")
+
+
+def test_readme_table_is_the_declared_options():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert markdown_table() in readme
+
+
+def test_cli_help_lists_every_option_with_what_it_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    for option in OPTIONS:
+        assert f"{option.name}={option.takes}" in text
