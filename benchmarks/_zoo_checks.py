@@ -154,12 +154,14 @@ def attention_modules(model, inputs, softmax_sizes: dict | None = None) -> dict:
     """{module path: [d_head of each attention call in one forward]}: the innermost module running
     each scaled_dot_product_attention (d_head: the query's last dim) or multi-head attention function
     (embed_dim / num_heads), or each softmax (or logsumexp) over attention scores (4-D, or 3-D square; d_head: the
-    last dim of the latest product of two activations before it)."""
+    last dim of the latest product of two activations before it), once per product: GraniteSWA's sink takes a
+    logsumexp of the logits its softmax normalises."""
     import torch
     from torch.overrides import TorchFunctionMode
 
     names = {id(m): n for n, m in model.named_modules()}
     stack, calls, last_product = [], collections.defaultdict(list), [None]
+    products_seen, normalised = [0], set()  # a product normalised twice (a softmax and a sink's logsumexp) is one call
     # a softmax written out as exp(x - logsumexp(x)) (Reformer) normalises scores as one does
     softmaxes = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, torch.logsumexp,
                  torch.Tensor.logsumexp}
@@ -176,7 +178,11 @@ def attention_modules(model, inputs, softmax_sizes: dict | None = None) -> dict:
                 # cosine attention (q and k of unit length, as Swin v2's): bounded logits, no size that grows
                 equation = next((a for a in args if isinstance(a, str)), None)
                 last_product[0] = "unit" if unit_length(func, tensors, equation) else tuple(t.shape[-1] for t in tensors)
-            if stack and is_attention(func, args, softmaxes, kwargs):
+                products_seen[0] += 1
+            if stack and is_attention(func, args, softmaxes, kwargs) and not (
+                    func in softmaxes and products_seen[0] in normalised):
+                if func in softmaxes:
+                    normalised.add(products_seen[0])
                 calls[stack[-1]].append(head_size(func, args) or last_product[0])
                 if softmax_sizes is not None:  # the size the softmax normalises over (None: not a softmax)
                     softmax_sizes.setdefault(stack[-1], []).append(args[0].shape[-1] if func in softmaxes else None)
