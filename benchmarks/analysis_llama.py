@@ -82,58 +82,29 @@ def worker_mupify(args) -> dict:
 
 
 def worker_steps(args) -> dict:
-    """The passes called one by one, in mupify's order, with time and RSS after each."""
+    """mupify's pipeline stage by stage (muprewrite.pipeline, verification off), with time and RSS after each."""
     import muprewrite.api as api
     import llama_like
-    from muprewrite.passes.attention import find_attention
-    from muprewrite.passes.capture import Captures, build_model, export_model, tied_names
-    from muprewrite.passes.decide import decide
-    from muprewrite.passes.dims import analyse_dims
-    from muprewrite.passes.init_scan import scan_init
-    from muprewrite.passes.rewrite import graph_diff
-    from muprewrite.passes.roles import classify_uses
+    from muprewrite import pipeline
     from muprewrite.report import Report
 
     threads = _set_threads(args)
-    factory, inputs = llama_like.make_model, llama_like.example_inputs()
     widths = api._check_widths(args.base, 2 * args.base, TARGET)
     steps = []
 
-    def record(step, start):
-        steps.append({"step": step, "seconds": time.perf_counter() - start,
-                      "peak_rss_mib": _peak_mib(), "current_rss_mib": _current_mib()})
+    class Recording(pipeline.Observer):
+        def run(self, stage, compilation):
+            super().run(stage, compilation)
+            steps.append({"step": f"{stage.name} ({stage.description})", "seconds": self.timings[stage.name],
+                          "peak_rss_mib": _peak_mib(), "current_rss_mib": _current_mib()})
 
-    programs = {}
-    for name in ("base", "delta", "target"):
-        t = time.perf_counter()
-        model = build_model(factory, widths[name], device="meta")
-        record(f"capture: build {name} ({widths[name]}) on meta", t)
-        t = time.perf_counter()
-        programs[name] = export_model(model, inputs, "meta")
-        record(f"capture: torch.export {name} ({widths[name]})", t)
-    captures = Captures(widths=widths, programs=programs, aliases=tied_names(model))
-    t = time.perf_counter()
-    flow = analyse_dims(captures)
-    record("dims (analyse_dims)", t)
-    t = time.perf_counter()
-    uses = classify_uses(flow)
-    record("roles (classify_uses)", t)
-    t = time.perf_counter()
-    sites = find_attention(flow)
-    record("attention (find_attention)", t)
-    t = time.perf_counter()
-    init = scan_init(factory, widths)
-    record(f"init_scan (scan_init: CPU models at {widths.base} and {widths.delta})", t)
-    t = time.perf_counter()
-    plan = decide(flow, uses, sites, init, "mup", None, "target")
-    record("decide", t)
-    t = time.perf_counter()
-    diff = graph_diff(flow.modules["target"], plan)
-    record("rewrite (graph edit + code diff)", t)
-    t = time.perf_counter()
-    Report(plan, diff, None)
-    record("report object", t)
-    return {"steps": steps, "threads": threads, "graph_nodes": len(programs["target"].graph.nodes)}
+    asked = pipeline.Compilation(llama_like.make_model, llama_like.example_inputs(), widths, verify_width=False)
+    compiled = pipeline.compile(asked, Recording())
+    start = time.perf_counter()
+    Report(compiled.plan, compiled.diff, None)
+    steps.append({"step": "report object", "seconds": time.perf_counter() - start,
+                  "peak_rss_mib": _peak_mib(), "current_rss_mib": _current_mib()})
+    return {"steps": steps, "threads": threads, "graph_nodes": len(compiled.captures.programs["target"].graph.nodes)}
 
 
 def worker_scan_init(args) -> dict:
@@ -193,21 +164,16 @@ def spawn(worker: str, base: int | None = None, threads: int = 0) -> dict:
 def _summary(bd: dict, scan: dict | None, baseline: dict) -> str:
     steps = bd["steps"]
     total = sum(s["seconds"] for s in steps)
-    cap = [s for s in steps if s["step"].startswith("capture")]
-    cap_s = sum(s["seconds"] for s in cap)
-    exp_s = [s["seconds"] for s in cap if "torch.export" in s["step"]]
-    init = next(s for s in steps if s["step"].startswith("init_scan"))
-    i = steps.index(init)
-    before = steps[i - 1]["peak_rss_mib"]
-    text = (f"Of {total:.1f} s, capture takes {cap_s:.1f} s ({100 * cap_s / total:.0f}%; torch.export "
-            f"{' / '.join(f'{x:.1f}' for x in exp_s)} s for base / delta / target on meta, "
-            f"{bd['graph_nodes']} graph nodes each) and init_scan {init['seconds']:.1f} s "
-            f"({100 * init['seconds'] / total:.0f}%). Peak RSS is {baseline['peak_rss_mib']:.0f} MiB after "
-            f"imports, {before:.0f} MiB after capture and the graph passes, and init_scan raises it to "
-            f"{init['peak_rss_mib']:.0f} MiB (+{init['peak_rss_mib'] - before:.0f} MiB): it builds real fp32 "
-            "models at base and delta width on the CPU (the base one is freed before the delta one is built) "
-            "and computes each parameter's std and kurtosis. The first meta build includes one-time costs "
-            "(the later builds take a few hundredths of a second).")
+    cap = next(s for s in steps if s["step"].startswith("capture"))
+    init = next(s for s in steps if s["step"].startswith("init"))
+    before = steps[steps.index(init) - 1]["peak_rss_mib"]
+    text = (f"Of {total:.1f} s, capture takes {cap['seconds']:.1f} s ({100 * cap['seconds'] / total:.0f}%: the "
+            f"model built on meta and exported at base, delta and target, {bd['graph_nodes']} graph nodes each) and "
+            f"the init scan {init['seconds']:.1f} s ({100 * init['seconds'] / total:.0f}%). Peak RSS is "
+            f"{baseline['peak_rss_mib']:.0f} MiB after imports, {before:.0f} MiB before the init scan, which raises "
+            f"it to {init['peak_rss_mib']:.0f} MiB (+{init['peak_rss_mib'] - before:.0f} MiB): it builds real fp32 "
+            "models at base and delta width on the CPU with their fills deferred, and computes each parameter's "
+            "std and kurtosis.")
     if scan:
         stats_s = scan["parts"][-1]["seconds"]
         text += (f" Run alone, init_scan peaks at {scan['parts'][-1]['peak_rss_mib']:.0f} MiB "

@@ -92,7 +92,8 @@ def coordcheck(factory, *, base: int, widths=None, multipliers=DEFAULT_MULTIPLIE
     wrong rule does). `reuse_analysis=False` runs `mupify` (its capture included) for every
     width instead of planning each from one analysis: the same plans, slower.
     """
-    from .api import apply_plan, guess_inputs  # api imports the passes; keep this module importable on its own
+    from .api import apply_plan  # api imports the passes; keep this module importable on its own
+    from .pipeline import guess_inputs
 
     widths = _check_widths(base, widths, multipliers)
     if optimizer not in OPTIMIZERS:
