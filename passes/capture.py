@@ -313,16 +313,18 @@ def _state_kept(model: nn.Module):
 
 @contextlib.contextmanager
 def _moves_in_place_skipped(model: nn.Module):
-    """`module.to(device)` on one of `model`'s modules (offloading code in a forward: `expert.to(self.device)`)
+    """`module.to(device or dtype)` on one of `model`'s modules in a forward (offloading code:
+    `expert.to(self.device)`; Switch Transformers' `self.classifier = self.classifier.to(self.dtype)`)
     returns the module when it changes nothing: export cannot swap a parameter, even for itself. Other
     modules (export's own copies, whose conversions carry real tensors) convert as ever."""
     original, own = nn.Module.to, {id(m) for m in model.modules()}
 
     def to_unless_in_place(module, *args, **kwargs):
         device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
-        tensors = itertools.chain(module.parameters(), module.buffers())
-        if id(module) in own and dtype is None and memory_format is None \
-                and all(device in (None, t.device) for t in tensors):
+        tensors = list(itertools.chain(module.parameters(), module.buffers()))
+        same_place = all(device in (None, t.device) for t in tensors)
+        same_dtype = dtype is None or all(t.dtype == dtype for t in tensors if t.is_floating_point() or t.is_complex())
+        if id(module) in own and memory_format is None and same_place and same_dtype:
             return module
         return original(module, *args, **kwargs)
 

@@ -404,7 +404,7 @@ def test_a_forward_that_caches_a_buffer_is_exported_without_keeping_fakes():
 
 
 class Offloading(nn.Module):
-    """st-moe-pytorch's experts: each moved to the model's device in every forward (there, a no-op)."""
+    """st-moe-pytorch's experts: each moved to the model's device (and dtype) in every forward (there, a no-op)."""
 
     def __init__(self, width, moves=True):
         super().__init__()
@@ -416,6 +416,7 @@ class Offloading(nn.Module):
         for expert in self.experts:
             if self.moves:
                 expert.to(self.dummy.device)
+                expert.to(self.dummy.dtype)  # Switch Transformers' router: self.classifier.to(self.dtype)
         return sum(expert(x) for expert in self.experts)
 
 
