@@ -277,7 +277,8 @@ def main() -> None:
         for row in step_rows:
             table.add_row(*row)
         console.print(table)
-        md += [f"The passes called one by one in `mupify`'s order, in a separate fresh subprocess "
+        md += [f"`mupify`'s pipeline stage by stage (muprewrite/pipeline.py, verification off; repeated layers "
+               "captured once), in a separate fresh subprocess "
                f"({bd['graph_nodes']} nodes in each captured graph). `peak RSS after` is `ru_maxrss` "
                "after the step (monotone: a step that raises it set a new peak); `current RSS after` "
                "is the resident set right after the step.", "",
