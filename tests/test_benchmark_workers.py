@@ -27,7 +27,8 @@ def test_analysis_llama_step_worker_runs_every_pass():
 
     steps = [s["step"].split(" ")[0] for s in result["steps"]]
     assert steps == [stage.name for stage in COMPILATION] + ["report"]  # the pipeline's stages, in its order
-    assert result["graph_nodes"] > 1000 and all(s["seconds"] >= 0 for s in result["steps"])
+    # the 32 layers are one repeated block, captured once: a layer, the embedding and the head
+    assert result["graph_nodes"] > 50 and all(s["seconds"] >= 0 for s in result["steps"])
 
 
 def test_hf_perf_analysis_worker_plans_the_llama_7b_shape():
