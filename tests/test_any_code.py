@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import muprewrite
-from muprewrite.errors import MuRewriteError
+from muprewrite.errors import MuRewriteError, VerificationError
 from muprewrite.passes.capture import export_model
-from muprewrite.passes.verify import without_branch_checks
+from muprewrite.passes.realize import realize
+from muprewrite.passes.verify import verify, without_branch_checks
 
 VOCAB, BASE, TARGET = 64, 32, 128
 
@@ -355,6 +356,36 @@ def test_a_size_read_from_data_that_differs_between_widths_is_refused_naming_the
     message = str(error.value)
     assert "in module 'block' (DataSizedOneHot)" in message and "reads sizes from tensor data" in message
     assert f"{__file__}:{DataSizedOneHot.forward.__code__.co_firstlineno + 2}" in message  # the branching line
+
+
+class RoutedRows(nn.Module):
+    """A linear on the tokens whose first feature is positive: sizes read from data (unbacked in the graph,
+    with the checks export records on them), no branch."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.lin = nn.Linear(width, width)
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        rows = torch.nonzero(flat[:, 0] > 0).squeeze(-1)
+        return flat.index_add(0, rows, self.lin(flat[rows])).view_as(x)
+
+
+def test_a_wrong_realization_of_a_model_with_data_sizes_is_a_mismatch_not_a_branch():
+    make_model = lambda width: LM(width, RoutedRows(width))  # noqa: E731
+    torch.manual_seed(0)
+    plan = muprewrite.mupify(make_model, base=BASE, target=2 * BASE, example_inputs=tokens(), materialize=False,
+                             verify_width=False).plan
+
+    def realized_wrong(model, plan, reinit):
+        realized = realize(model, plan, reinit=reinit)
+        realized.head.register_forward_pre_hook(lambda module, args: (args[0] * 2,))  # a readout edit twice over
+        return realized
+
+    with pytest.raises(VerificationError) as error:
+        verify(make_model, tokens(), plan, 2 * BASE, realize_fn=realized_wrong)
+    assert "branches on tensor data" not in str(error.value)
 
 
 class PositiveRows(nn.Module):
