@@ -50,6 +50,7 @@ def _sharded_run(rank: int, port: int, out_dir: str, groups_first: bool) -> None
             torch.save({"state": state, "holds_model_params": held == {id(p) for p in model.parameters()},
                         "lrs": {n: g["lr"] for g in groups for n in g["names"]}}, os.path.join(out_dir, "rank0.pt"))
     finally:
+        dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort at exit, under load)
         dist.destroy_process_group()
 
 
