@@ -22,7 +22,7 @@ import networkx as nx
 from torch import fx
 
 from . import ops
-from .degree import all_zeros, behind_constant_factors, behind_views, degree_of, is_zero
+from .degree import all_zeros, behind_constant_factors, behind_views, degree_of
 from .dims import Dataflow
 
 
