@@ -94,10 +94,7 @@ def undecided(flow: Dataflow, decided: set) -> list:
     for name in growing_products(flow):
         if name in decided:
             continue
-        if ops.kind(flow.fx(name)) != ops.CONTRACTION and scale_free_blocker(flow, name) is not None:
-            found.append((name, "it is written as the sum of an elementwise product, whose scale muprewrite cannot "
-                                "change where it is computed (write it with matmul or einsum)"))
-        elif not of_activations(flow, name) and scale_free_blocker(flow, name) is not None:
+        if not of_activations(flow, name) and scale_free_blocker(flow, name) is not None:
             found.append((name, "one operand is a constant tensor (a buffer, random features), and muP has no rule "
                                 "for a fixed matrix of the width"))
         elif (blocker := scale_free_blocker(flow, name)) is not None:
