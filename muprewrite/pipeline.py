@@ -5,8 +5,9 @@ one line, run under an `Observer` that shows progress and times each stage.
 roles, attention); `plan` composes decide, lint and stamp at one width; `compile` runs the whole of
 COMPILATION (the analysis, the plan at the target, the graph diff, the verification at delta) and
 names the fallback: a repeated block whose copies cannot be checked against their representative is
-analysed again with every block apart. `mupify`, `analyse_widths` and the benchmarks call these;
-nothing else knows the order. docs/design.md lists the stages (tests/test_pipeline.py checks it).
+analysed again with every block apart. `mupify`, `analyse_widths` and analysis_llama's step worker call
+these (verify and coordcheck still capture on their own). docs/design.md lists the stages
+(tests/test_pipeline.py checks it).
 """
 
 from __future__ import annotations
