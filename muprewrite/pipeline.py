@@ -13,7 +13,7 @@ these (verify and coordcheck still capture on their own). docs/design.md lists t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from rich.console import Console
@@ -30,6 +30,7 @@ from .passes.contractions import scale_free_products
 from .passes.decide import decide
 from .passes.deferred_init import DeferredBuild, build_deferred
 from .passes.dims import Dataflow, analyse_dims
+from .passes.foldable import place_folds
 from .passes.init_scan import SEED as INIT_SEED
 from .passes.init_scan import scan_init
 from .passes.lint import lint
@@ -40,7 +41,7 @@ from .passes.roles import classify_uses
 from .passes.stamp import stamp
 from .passes.verify import verify
 from .plan import Plan
-from .widths import Widths
+from .widths import Widths, check_at
 
 
 @dataclass
@@ -190,9 +191,12 @@ def analyse(compilation: Compilation, observer: Observer | None = None) -> Compi
 def plan(c: Compilation, parametrization: str = "mup", options: dict | None = None, at: str | int = "target") -> Plan:
     """The plan at `at` (a captured width's name, or any width: sizes and constants predicted), composed
     from what decide, lint and stamp make of the analysis."""
+    at = check_at(at, c.flow.widths)
     decided = decide(c.flow, c.uses, c.sites, c.init, parametrization, options, at)
-    decided.warnings = lint(c.flow, c.uses, c.sites, c.init, decided)
-    return stamp(decided, c.captures.repeats, c.captures.parameter_order)
+    folds = place_folds(c.flow, decided.edits, decided.parameters, at)
+    placed = replace(decided, edits=[replace(edit, fold=fold) for edit, fold in zip(decided.edits, folds)])
+    linted = replace(placed, warnings=lint(c.flow, c.uses, c.sites, c.init, placed))
+    return stamp(linted, c.captures.repeats, c.captures.parameter_order)
 
 
 def compile(compilation: Compilation, observer: Observer | None = None) -> Compilation:
@@ -204,7 +208,8 @@ def compile(compilation: Compilation, observer: Observer | None = None) -> Compi
         stubbed = exc
     # outside the except clause: what this raises must not carry the StubError
     apart = run(COMPILATION, _fresh(compilation, share_blocks=False), observer)
-    apart.plan.notes.append(f"every repeated block analysed: with each distinct block once, verification found {stubbed}")
+    note = f"every repeated block analysed: with each distinct block once, verification found {stubbed}"
+    apart.plan = replace(apart.plan, notes=apart.plan.notes + [note])
     return apart
 
 
@@ -234,9 +239,7 @@ def _fresh(compilation: Compilation, **changes) -> Compilation:
 
 def finished(plan_: Plan, factory, flow: Dataflow, families: list, notes=()) -> Plan:
     """The plan as `mupify` returns it: where the model came from, and the optimizer families shown."""
-    plan_.notes = model_notes(factory, flow) + list(notes)
-    plan_.optimizers = families
-    return plan_
+    return replace(plan_, notes=model_notes(factory, flow) + list(notes), optimizers=families)
 
 
 def guess_inputs(factory, width: int, model: nn.Module | None = None):

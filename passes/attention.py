@@ -298,7 +298,7 @@ def _trace_query(flow: Dataflow, node: fx.Node):
     piece, selected = None, None  # feature range [start, stop) of the projection output; MHA's select index
     while True:
         name = ops.op_name(node)
-        if name == "getitem" and ops.op_name(node.args[0]) in ("split", "split_with_sizes", "chunk"):
+        if name == "getitem" and ops.op_name(node.args[0]) in ops.SPLITTING:
             piece = _split_piece(node.args[0], node.args[1])
             if piece is None:
                 return None

@@ -250,7 +250,7 @@ def _unit_sizes(flow: Dataflow, node: fx.Node) -> tuple | None:
     by = node.args[1]
     for reduction in nx.ancestors(flow.graph, by.name) | {by.name}:
         reducing = flow.fx(reduction)
-        if ops.op_name(reducing) not in ("sum", "linalg_vector_norm", "norm") or not reducing.args:
+        if ops.op_name(reducing) not in ops.SIZE_GROWING_REDUCTIONS or not reducing.args:
             continue
         sizes = []
         for at in ("base", "delta"):
@@ -302,7 +302,7 @@ def _logits(flow: Dataflow, name: str) -> bool:
 
 def _root(node: fx.Node) -> str:
     while ops.kind(node) == ops.VIEW and node.args and isinstance(node.args[0], fx.Node) \
-            and ops.op_name(node) not in ("cat", "stack"):
+            and ops.op_name(node) not in ops.CONCATENATING:
         node = node.args[0]
     return node.name
 
@@ -353,7 +353,7 @@ def param_behind(flow: Dataflow, node) -> str | None:
         if _normalises_itself(flow, node):
             node = node.args[0]
             continue
-        if ops.kind(node) != ops.VIEW or not node.args or ops.op_name(node) in ("cat", "stack"):
+        if ops.kind(node) != ops.VIEW or not node.args or ops.op_name(node) in ops.CONCATENATING:
             return None
         node = node.args[0]
     return None

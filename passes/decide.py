@@ -4,7 +4,7 @@ Reads:  `Dataflow`, the uses from `roles`, the sites from `attention`, the `Init
         `init_scan`, the parametrization and options, and the width `at` to plan for: a captured
         width's name, or any width (an int), at which every size and constant the plan reads is
         predicted from the captures (`muprewrite.widths`; `WidthPredictionError` where one cannot be).
-Writes: a `Plan` without warnings (the `lint` pass adds them) — per parameter its shapes,
+Returns: a `Plan` without folds or warnings (the pipeline adds what `foldable` and `lint` return) — per parameter its shapes,
         role, init std before -> after, LR, weight-decay and eps multipliers, trainability and
         zero-init slices; per use site that changes, an `Edit` (readout multiplier, weight
         multiplier, attention scale) with the means that will realize it; a readout multiplier
@@ -27,7 +27,6 @@ from . import ops
 from .attention import hidden_logit_paths
 from .contractions import undecided
 from .dims import Dataflow
-from .foldable import place_folds
 from .passthrough import StubError
 from .repeats import copies_ops_before, inside
 from .source import where
@@ -59,7 +58,6 @@ def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization:
         edits += _readout_edits(flow, name, param_uses, parametrization, options, at, placed)
         edits += _weight_multiplier_edits(flow, name, param_uses, plan.weight_multiplier, parametrization)
     edits = sorted(edits + _attention_edits(flow, sites, parametrization, options, at), key=_graph_order(flow))
-    place_folds(flow, edits, parameters, at)
     widths = flow.widths
     return Plan(parametrization, widths.base, widths.delta, widths[at], options, parameters, edits, warnings=[])
 
@@ -97,7 +95,7 @@ def _is_normalised(node: fx.Node, depth: int = 6) -> bool:
         name = ops.op_name(current)
         if name in ops.NORMALIZING or (ops.spec(name) is not None and ops.spec(name).kind == ops.NORM):
             return True
-        if level < depth and (ops.kind(current) in (ops.POINTWISE, ops.VIEW) or name in ("mean", "sum")):
+        if level < depth and (ops.kind(current) in (ops.POINTWISE, ops.VIEW) or name in ops.SUMMING):
             frontier += [(arg, level + 1) for arg in current.all_input_nodes]
     return False
 

@@ -16,8 +16,6 @@ from torch.utils._pytree import tree_map
 
 from . import ops
 
-_SAME_IDS = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "neg"}  # ids go through unchanged
-_CASTS = {"_to_copy", "to"}  # a copy (strides kept) whose values the ids need not take
 
 
 def ids_of_views(projection: fx.Node) -> dict:
@@ -41,9 +39,9 @@ def ids_of_views(projection: fx.Node) -> dict:
 
 def _run_on_ids(node: fx.Node, value):
     op = ops.op_name(node)
-    if op in _SAME_IDS:
+    if op in ops.ID_PRESERVING:
         return value
-    if op in _CASTS:
+    if op in ops.CASTS:  # strides kept; the ids need not take its dtype
         return value.clone()
     if op in ops.PLACING or op == "native_dropout":
         return None

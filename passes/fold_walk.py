@@ -19,13 +19,6 @@ from . import ops
 from .dims import Dataflow
 from .element_ids import as_ranges, features_held, ids_of_views
 
-# a projection whose output's last dim is a dim of its 2-D weight: op -> (weight slot, that dim)
-_ROWS = {"linear": ("weight", 0), "matmul": ("other", 1), "mm": ("mat2", 1), "addmm": ("mat2", 1)}
-JOINS = {"cat", "concat", "concatenate", "stack", "hstack", "vstack"}
-_SHAPED_LIKE = {"expand_as", "view_as", "reshape_as", "type_as"}  # the second operand lends only a shape or dtype
-_AUXILIARY = {"native_dropout", "native_layer_norm", "_fused_rms_norm", "native_group_norm", "native_batch_norm",
-              "_native_batch_norm_legit", "_native_batch_norm_legit_no_training"}  # outputs past the first
-_NOT_READING = {"_assert_tensor_metadata", "_assert_scalar", "sym_size", "sym_numel"}
 
 
 class Refusal(Exception):
@@ -72,7 +65,7 @@ class BackWalk:
         if ops.kind(node) == ops.NORM:
             walk.targets += self._norm_gain(node, what)
             return []
-        if op in ("add", "sub"):
+        if op in ops.ADDITIVE:
             operands = [ops.node_slots(node).get(s) for s in ("input", "other")]
             if all(isinstance(o, fx.Node) and o.name in self.dependent for o in operands):
                 return [o.name for o in operands]
@@ -88,11 +81,11 @@ class BackWalk:
     def _through_view(self, node: fx.Node, op: str, what: str) -> list:
         if op in ops.PLACING:
             raise Refusal(f"{what} is placed into another tensor by {op} at {node.name} ({self.where(node.name)})")
-        if op in JOINS:
+        if op in ops.CONCATENATING:
             return [n.name for n in node.all_input_nodes]
         first = first_input(node)
         others = [n for n in node.all_input_nodes if n is not first]
-        if others and op not in _SHAPED_LIKE:
+        if others and op not in ops.METADATA_SLOTS:
             raise Refusal(f"{what} meets another tensor in {op} at {node.name} ({self.where(node.name)})")
         return [first.name]
 
@@ -186,12 +179,12 @@ class BackWalk:
         shape = lambda param: self.flow.shape(self.flow.parameters()[param]).at(self.at)  # noqa: E731
         if len(scaled) == features:
             return [fold_target(p, projection) for p in (weight, *biases)]
-        op = ops.op_name(node)
-        if _ROWS.get(op, (None,))[0] != slot or len(shape(weight)) != 2 or any(len(shape(b)) != 1 for b in biases):
+        rows = getattr(ops.spec(node), "rows", None) or (None, None)
+        if rows[0] != slot or len(shape(weight)) != 2 or any(len(shape(b)) != 1 for b in biases):
             raise Refusal(f"only part of the outputs of {projection} ({self.where(projection)}) make up {what}, "
                           f"and muprewrite knows the rows of a 2-D linear or matmul weight only")
         ranges = as_ranges(scaled)
-        return [fold_target(weight, projection, _ROWS[op][1], ranges), *(fold_target(b, projection, 0, ranges) for b in biases)]
+        return [fold_target(weight, projection, rows[1], ranges), *(fold_target(b, projection, 0, ranges) for b in biases)]
 
     def _check_contained(self, region: set, views: set, start: str, site: str, slot: str, what: str) -> None:
         """Every scaled tensor feeds only other scaled tensors (the start: only the site, at its slot);
@@ -216,7 +209,7 @@ class BackWalk:
             param = self.flow.graph.nodes[value.name]["param"]
             if param:
                 return param
-            if ops.kind(value) != ops.VIEW or len(value.all_input_nodes) != 1 or ops.op_name(value) in JOINS:
+            if ops.kind(value) != ops.VIEW or len(value.all_input_nodes) != 1 or ops.op_name(value) in ops.CONCATENATING:
                 return None
             value = value.all_input_nodes[0]
         return None
@@ -243,12 +236,12 @@ def first_input(node: fx.Node) -> fx.Node:
 
 
 def _not_reading(user: fx.Node) -> bool:
-    return ops.op_name(user) in _NOT_READING
+    return ops.op_name(user) in ops.SHAPE_READS
 
 
 def _auxiliary_output(user: fx.Node) -> bool:
     """getitem(native_layer_norm, 1) and the like: a statistic or mask that scaling does not change."""
-    return ops.op_name(user) == "getitem" and ops.op_name(user.args[0]) in _AUXILIARY and user.args[1] != 0
+    return ops.op_name(user) == "getitem" and ops.op_name(user.args[0]) in ops.AUXILIARY_OUTPUTS and user.args[1] != 0
 
 
 def _parameter_dependent(flow: Dataflow) -> set:

@@ -3,7 +3,7 @@
 Reads:  `Dataflow`, the plan's edits and parameters (their use sites), the width `at` (a captured
         width's name; at a width that was not captured, the graph is walked at each captured width
         and every row range predicted from theirs by `muprewrite.widths.record_at`).
-Writes: each edit's `fold` (read by `passes/fold.py`): {"into": [target, ...]}, the parameter
+Returns: each edit's `fold` (the pipeline sets it; passes/fold.py reads it): {"into": [target, ...]}, the parameter
         slices whose multiplication by the edit's factor makes the plain model compute what the
         edit computes, or {"error": one line naming the edit and what to do}. A target is
         {"param", "node" (the use it scales), "dim", "ranges" ([[start, stop], ...] along `dim`;
@@ -33,7 +33,7 @@ from ..plan import Edit
 from ..widths import WIDTH_NAMES, record_at
 from . import ops
 from .dims import Dataflow
-from .fold_walk import JOINS, BackWalk, Refusal, first_input, fold_target
+from .fold_walk import BackWalk, Refusal, first_input, fold_target
 
 _ADVICE = {
     "attention_scale": "compute q with a projection followed only by views, splits, rotary embeddings, constant "
@@ -44,33 +44,32 @@ _ADVICE = {
 }
 
 
-def place_folds(flow: Dataflow, edits: list, parameters: dict, at: str | int) -> None:
-    """Set `fold` on every edit."""
+def place_folds(flow: Dataflow, edits: list, parameters: dict, at: str | int) -> list:
+    """The `fold` of every edit, in the edits' order."""
     if isinstance(at, str):
-        _place_at(flow, edits, parameters, at)
-        return
-    walked = {}
-    for name in WIDTH_NAMES:
-        _place_at(flow, edits, parameters, name)
-        walked[name] = [edit.fold for edit in edits]
-    for i, edit in enumerate(edits):
-        edit.fold = record_at({name: folds[i] for name, folds in walked.items()}, flow.widths, at,
-                              f"the fold of the {edit.kind} edit at {edit.node}")
+        return _folds_at(flow, edits, parameters, at)
+    walked = {name: _folds_at(flow, edits, parameters, name) for name in WIDTH_NAMES}
+    return [record_at({name: folds[i] for name, folds in walked.items()}, flow.widths, at,
+                      f"the fold of the {edit.kind} edit at {edit.node}") for i, edit in enumerate(edits)]
 
 
-def _place_at(flow: Dataflow, edits: list, parameters: dict, at: str) -> None:
-    """Set `fold` on every edit, walking the graph captured at width `at`."""
+def _folds_at(flow: Dataflow, edits: list, parameters: dict, at: str) -> list:
+    """The `fold` of every edit, walking the graph captured at width `at`."""
     finder = FoldFinder(flow, parameters, at, edits)
-    for edit in edits:
-        try:
-            edit.fold = {"into": finder.targets(edit)}
-        except Refusal as refusal:
-            edit.fold = {"error": _message(edit, str(refusal))}
-        except Exception as exc:  # a bug here must not stop the rewrite; folding this edit is refused
-            edit.fold = {"error": _message(edit, f"muprewrite could not analyse it ({type(exc).__name__}: {exc}; "
-                                                 "please report this model)")}
-    for edit, reason in finder.unscaled_uses(edits):
-        edit.fold = {"error": _message(edit, reason)}
+    folds = [_fold(finder, edit) for edit in edits]
+    for i, reason in finder.unscaled_uses(edits, folds):
+        folds[i] = {"error": _message(edits[i], reason)}
+    return folds
+
+
+def _fold(finder, edit: Edit) -> dict:
+    try:
+        return {"into": finder.targets(edit)}
+    except Refusal as refusal:
+        return {"error": _message(edit, str(refusal))}
+    except Exception as exc:  # a bug here must not stop the rewrite; folding this edit is refused
+        return {"error": _message(edit, f"muprewrite could not analyse it ({type(exc).__name__}: {exc}; "
+                                        "please report this model)")}
 
 
 def _message(edit: Edit, reason: str) -> str:
@@ -133,7 +132,7 @@ class FoldFinder:
             return [param]
         if ops.kind(value) != ops.VIEW or ops.op_name(value) in ops.PLACING:
             return None
-        inputs = value.all_input_nodes if ops.op_name(value) in JOINS else [first_input(value)]
+        inputs = value.all_input_nodes if ops.op_name(value) in ops.CONCATENATING else [first_input(value)]
         found = []
         for item in inputs:
             params = self._params_in(item)
@@ -150,17 +149,17 @@ class FoldFinder:
         own = f"{edit.module}.weight" if edit.module else "weight"
         return own if own in names and len(names) > 1 else None
 
-    def unscaled_uses(self, edits: list):
-        """(edit, reason) for every in-place target whose parameter is also read where its edits do
-        not scale it, or is scaled by different factors at different uses."""
+    def unscaled_uses(self, edits: list, folds: list):
+        """(index, reason) for every edit with an in-place target whose parameter is also read where its
+        edits do not scale it, or is scaled by different factors at different uses."""
         groups = defaultdict(list)
-        for edit in edits:
-            for target in edit.fold.get("into", []):
+        for i, (edit, fold) in enumerate(zip(edits, folds)):
+            for target in fold.get("into", []):
                 if not target.get("untie"):
                     key = (edit.kind, target["param"], target["dim"], str(target["ranges"]), target.get("offset", 0.0))
-                    groups[key].append((edit, target["node"]))
+                    groups[key].append((i, target["node"]))
         for (kind, param, *_), members in groups.items():
-            factors = {round(e.factor, 12) for e, _ in members}
+            factors = {round(edits[i].factor, 12) for i, _ in members}
             missing = self._unscaled(param, {node for _, node in members})
             if len(factors) > 1:
                 reason = f"'{param}' would be scaled by different factors ({', '.join(map(str, sorted(factors)))})"
@@ -168,9 +167,9 @@ class FoldFinder:
                 reason = f"'{param}' is also read by {missing}, which the edit does not scale"
             else:
                 continue
-            for edit, _ in members:
-                if "error" not in edit.fold:
-                    yield edit, reason
+            for i, _ in members:
+                if "error" not in folds[i]:
+                    yield i, reason
 
     def _unscaled(self, param: str, nodes: set) -> str | None:
         """A use of `param` outside `nodes`, in words, or None."""

@@ -67,7 +67,7 @@ def _unresolved_init(flow, uses, sites, init, plan):
 
 
 def _squashing(flow, uses, sites, init, plan):
-    nodes = [n for n in flow.graph.nodes if ops.op_name(flow.fx(n)) in ("tanh", "sigmoid")
+    nodes = [n for n in flow.graph.nodes if ops.op_name(flow.fx(n)) in ops.SQUASHING
              and "gelu" not in flow.module_type(n).lower()]  # GELU's tanh approximation is not a squashing
     if nodes:
         yield PlanWarning("squashing-activation", "tanh-like activations saturate as width grows unless the "

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from .dims import Dataflow
 
 
-_OPERATORS = {"matmul": "@"}  # an op written as an operator, where the name alone finds no line
 
 
 def where(flow: Dataflow, node: str, module: str) -> str:
@@ -45,7 +44,7 @@ def line_in_forward(module_type: str, op: str) -> str:
     except (OSError, TypeError):
         return ""
     op = op.strip("_")
-    spellings = [f".{op}(", f" {op}(", f"({op}("] + ([_OPERATORS[op]] if op in _OPERATORS else [])
+    spellings = [f".{op}(", f" {op}(", f"({op}("] + ([ops.OPERATOR_SPELLING[op]] if op in ops.OPERATOR_SPELLING else [])
     for offset, line in enumerate(lines):
         if op and any(spelling in line for spelling in spellings):
             return f" at {filename}:{first + offset}: `{line.strip()}`"

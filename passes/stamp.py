@@ -2,7 +2,7 @@
 
 Reads:  a `Plan` made from a graph holding each distinct block once, the copies
         (passes/repeats.py) and the model's parameter order.
-Writes: the same plan with every copy's parameters, uses, edits and warnings under the copy's
+Returns: a new plan, the given one with every copy's parameters, uses, edits and warnings under the copy's
         names (a copy's entries name its representative's graph nodes; a tensor tied into every
         copy keeps its one entry, with each copy's uses), in the model's order, and `plan.repeats`.
 """
@@ -16,32 +16,32 @@ from .repeats import inside
 
 
 def stamp(plan, copies: dict, order: list):
-    """`plan` (made from a graph holding each distinct block once) with every copy's parameters,
-    uses, edits and warnings, named as the copy; parameters in `order` (the model's own). Copies
-    inside a representative first, so a copy of that representative gets theirs too."""
+    """A new plan: `plan` (made from a graph holding each distinct block once) with every copy's
+    parameters, uses, edits and warnings, named as the copy; parameters in `order` (the model's own).
+    Copies inside a representative first, so a copy of that representative gets theirs too."""
     rank = {name: i for i, name in enumerate(order)}
+    parameters, edits, warnings = plan.parameters, plan.edits, plan.warnings
     for representative in sorted(set(copies.values()), key=lambda path: path.count("."), reverse=True):
-        _stamp_block(plan, {representative: [c for c, r in copies.items() if r == representative]}, rank)
-    plan.parameters = dict(sorted(plan.parameters.items(), key=lambda item: rank.get(item[0], len(rank))))
-    plan.repeats = dict(copies)
-    return plan
+        by_representative = {representative: [c for c, r in copies.items() if r == representative]}
+        parameters = _stamped_parameters(parameters, by_representative)
+        canonical = {alias: name for name, entry in parameters.items() for alias in entry.aliases}
+        edits = _stamped_edits(edits, by_representative, canonical)
+        warnings = [_stamped_warning(w, by_representative, rank, parameters) for w in warnings]
+    parameters = dict(sorted(parameters.items(), key=lambda item: rank.get(item[0], len(rank))))
+    return dataclasses.replace(plan, parameters=parameters, edits=edits, warnings=warnings, repeats=dict(copies))
 
 
-def _stamp_block(plan, by_representative: dict, rank: dict) -> None:
+def _stamped_parameters(parameters: dict, by_representative: dict) -> dict:
     (representative, copy_paths), = by_representative.items()
-    parameters = {}
-    for name, entry in plan.parameters.items():
+    stamped = {}
+    for name, entry in parameters.items():
         if not inside(name, representative) or _shared_with_copies(name, entry, representative, copy_paths):
-            parameters[name] = _with_copied_uses(entry, by_representative)  # one tensor: its entry, used in each
+            stamped[name] = _with_copied_uses(entry, by_representative)  # one tensor: its entry, used in each
             continue
-        parameters[name] = entry
+        stamped[name] = entry
         for copy_path in copy_paths:
-            parameters[_renamed(name, representative, copy_path)] = _renamed_param(entry, representative, copy_path)
-    plan.parameters = parameters
-    canonical = {alias: name for name, entry in parameters.items() for alias in entry.aliases}
-    plan.edits = _stamped_edits(plan.edits, by_representative, canonical)
-    for warning in plan.warnings:
-        _stamp_warning(warning, by_representative, rank, parameters)
+            stamped[_renamed(name, representative, copy_path)] = _renamed_param(entry, representative, copy_path)
+    return stamped
 
 
 def _shared_with_copies(name: str, entry, representative: str, copy_paths: list) -> bool:
@@ -88,8 +88,7 @@ def _with_copied_uses(entry, by_representative: dict):
         representative = _owner(use["module"], by_representative)
         if representative is not None:
             uses += [{**use, "module": _renamed(use["module"], representative, c)} for c in by_representative[representative]]
-    entry.uses = uses
-    return entry
+    return dataclasses.replace(entry, uses=uses)
 
 
 def _stamped_edits(edits: list, by_representative: dict, canonical: dict) -> list:
@@ -129,11 +128,11 @@ def _renamed_edits(run: list, representative: str, copy_path: str, canonical: di
     return renamed
 
 
-def _stamp_warning(warning, by_representative: dict, rank: dict, parameters: dict) -> None:
+def _stamped_warning(warning, by_representative: dict, rank: dict, parameters: dict):
     """A warning's subjects inside a representative, for each copy too: a parameter under the
     copy's name (unless tied into the copy: one tensor, named once), a graph node as "node@copy"
     located in the copy's module."""
-    subjects = []
+    subjects, locations = [], dict(warning.locations)
     for subject in warning.subjects:
         subjects.append(subject)
         location = warning.locations.get(subject)
@@ -144,9 +143,9 @@ def _stamp_warning(warning, by_representative: dict, rank: dict, parameters: dic
                 continue
             module = _renamed(location["module"], representative, copy_path)
             subjects.append(f"{subject.split('@')[0]}@{module}")
-            warning.locations[subjects[-1]] = {**location, "module": module}
+            locations[subjects[-1]] = {**location, "module": module}
     if all(subject in rank for subject in subjects):  # parameters: in the model's order, as lint lists them
         subjects.sort(key=rank.get)
     elif warning.subjects == sorted(warning.subjects):
         subjects.sort()
-    warning.subjects = subjects
+    return dataclasses.replace(warning, subjects=subjects, locations=locations)

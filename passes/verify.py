@@ -43,7 +43,6 @@ from .repeats import inside, representative_of
 from .rewrite import rewrite_graph
 
 RTOL, ATOL = 1e-5, 1e-6
-_BRANCH_CHECKS = {"_assert_scalar", "_assert_async", "sym_constrain_range_for_size", "sym_constrain_range"}
 NOISE_MARGIN = 4.0  # how far past the model's own graph-vs-eager distance an edited pair may go
 
 
@@ -95,7 +94,7 @@ def _judged(got, oracle, factory, width, inputs, exported, realized, plan) -> tu
 def _branch_flipped(program, plan: Plan, realized, inputs) -> bool:
     """Whether the edited graph, with the checks its real-tensor trace recorded, refuses the realized
     model's routing on these inputs: then a difference is put down to the branch, not to an edit."""
-    if not any(ops.op_name(node) in _BRANCH_CHECKS for node in program.graph.nodes):
+    if not any(ops.op_name(node) in ops.RUNTIME_CHECKS for node in program.graph.nodes):
         return False
     checked = _loaded(rewrite_graph(program.module(), plan), realized)
     try:
@@ -110,7 +109,7 @@ def without_branch_checks(module):
     counts: "u0 >= 17"). The realized model routes its own way (other weights, muP's multipliers on
     the router): where the graph still computes what the model computes, the outputs agree and the
     edits are verified; where a branch flipped they do not, and verify says that it cannot check."""
-    for node in [n for n in module.graph.nodes if n.op == "call_function" and ops.op_name(n) in _BRANCH_CHECKS]:
+    for node in [n for n in module.graph.nodes if n.op == "call_function" and ops.op_name(n) in ops.RUNTIME_CHECKS]:
         module.graph.erase_node(node)
     module.recompile()
     return module

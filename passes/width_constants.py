@@ -58,7 +58,7 @@ def _constants_before(flow, arg, constant_at) -> list:
         if factor is not None:
             found.append(factor[0])
             arg = factor[1]
-        elif ops.kind(arg) != ops.VIEW or ops.op_name(arg) in ("cat", "stack") or not arg.args:
+        elif ops.kind(arg) != ops.VIEW or ops.op_name(arg) in ops.CONCATENATING or not arg.args:
             break
         else:
             arg = ops.node_slots(arg).get("input", arg.args[0])
@@ -72,7 +72,7 @@ def _constants_after(flow, node: fx.Node, constant_at) -> list:
         factor = _scalar_factor(flow, node, constant_at)
         if factor is not None:
             found.append(factor[0])
-        elif ops.kind(node) != ops.VIEW or ops.op_name(node) in ("cat", "stack", "getitem"):
+        elif ops.kind(node) != ops.VIEW or ops.op_name(node) in ops.CONCATENATING or ops.op_name(node) == "getitem":
             break
     return found
 
