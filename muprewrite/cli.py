@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
-import json
 import sys
 from dataclasses import replace
 
 from rich.console import Console
 
+from . import coordcheck_cli, fold_cli
 from .api import mupify
+from .cli_common import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, example_inputs, guarded, parse_options  # noqa: F401
 from .errors import MuRewriteError
 from .hf import GROWS
 from .loading import load_model_file
@@ -20,9 +20,7 @@ from .options import cli_help
 from .passes.emit import check_out_dir
 from .rules import PARAMETRIZATIONS
 
-EXIT_USER_ERROR = 2
-EXIT_INTERNAL_ERROR = 3
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+SUBCOMMANDS = {"coordcheck": coordcheck_cli.main, "fold": fold_cli.main}  # the default command: compile MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,34 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    if argv[:1] == ["coordcheck"]:  # subcommand: `muprewrite coordcheck MODEL ...` (coordcheck_cli.py)
-        from .coordcheck_cli import main as coordcheck_main
-        return coordcheck_main(argv[1:])
-    if argv[:1] == ["fold"]:  # subcommand: `muprewrite fold MODEL --plan ... --checkpoint ... --out DIR` (fold_cli.py)
-        from .fold_cli import main as fold_main
-        return fold_main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:  # `muprewrite coordcheck MODEL ...`, `muprewrite fold MODEL ...`
+        return SUBCOMMANDS[argv[0]](argv[1:])
     return guarded(run, build_parser().parse_args(argv))
-
-
-def guarded(run_command, args) -> int:
-    """Run a command: bad input is one line and exit 2, our bugs one line and exit 3 (--debug: tracebacks)."""
-    try:
-        return run_command(args)
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        _error("interrupted")
-        return EXIT_INTERRUPTED
-    except MuRewriteError as exc:
-        if args.debug:
-            raise
-        _error(str(exc))
-        return EXIT_USER_ERROR
-    except Exception as exc:  # a bug of ours: still one line, unless --debug
-        if args.debug:
-            raise
-        _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback and report it)")
-        return EXIT_INTERNAL_ERROR
 
 
 def run(args) -> int:
@@ -113,7 +86,7 @@ def compile_model(args):
     if isinstance(base, int) and isinstance(target, int) and target < base:  # coordcheck may plan below the base
         raise MuRewriteError(f"target width {target} is below the base width {base}: muP transfers from a narrow "
                              "base to a wider target; swap them")
-    inputs = _example_inputs(module)
+    inputs = example_inputs(module)
     return mupify(factory, base=base, delta=args.delta, target=target, example_inputs=inputs,
                   parametrization=args.parametrization, options=parse_options(args.option),
                   optimizers=args.optimizer or ("adam", "sgd"),
@@ -133,41 +106,11 @@ def command_line_origin(args) -> dict:
     return {"model": args.model, "grow": args.grow, "out": args.out, "command": command}
 
 
-def parse_options(pairs: list) -> dict | None:
-    """['alpha_out=2', 'zero_init_readout=true', 'norm_gains=frozen'] -> {...} (JSON values, else strings)."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise MuRewriteError(f"--option takes KEY=VALUE, got {pair!r}")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options or None
-
-
 def _width(flag_value, module, attribute: str, flag: str) -> int:
     value = flag_value if flag_value is not None else getattr(module, attribute, None)
     if value is None:
         raise MuRewriteError(f"no {flag.strip('-')} width: pass {flag} N or define {attribute} in the model file")
     return value
-
-
-def _example_inputs(module):
-    make_inputs = getattr(module, "example_inputs", None)
-    if make_inputs is None:
-        return None
-    if inspect.signature(make_inputs).parameters:  # example_inputs(width): inputs that grow with width
-        return make_inputs
-    try:
-        return make_inputs()
-    except Exception as exc:
-        raise MuRewriteError(f"example_inputs() in the model file failed: {type(exc).__name__}: {exc}; fix it or remove it") from exc
-
-
-def _error(message: str) -> None:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
 
 
 if __name__ == "__main__":

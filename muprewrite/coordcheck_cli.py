@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .coordcheck import DEFAULT_LR, DEFAULT_MULTIPLIERS, DEFAULT_SEEDS, DEFAULT_STEPS, DEFAULT_THRESHOLD, OPTIMIZERS, coordcheck
-from .cli import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, guarded, parse_options  # noqa: F401 (exit codes re-exported)
+from .cli_common import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, example_inputs, guarded, parse_options  # noqa: F401 (exit codes re-exported)
 from .errors import MuRewriteError
 from .rules import PARAMETRIZATIONS
 
@@ -62,7 +62,6 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from .cli import _example_inputs
     from .loading import load_model_file
 
     factory, module = load_model_file(args.model)
@@ -73,7 +72,7 @@ def run(args) -> int:
         base = min(args.widths)
     result = coordcheck(
         factory, base=base, delta=args.delta, widths=args.widths,
-        multipliers=args.multipliers or DEFAULT_MULTIPLIERS, example_inputs=_example_inputs(module),
+        multipliers=args.multipliers or DEFAULT_MULTIPLIERS, example_inputs=example_inputs(module),
         steps=args.steps, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         threshold=args.threshold, parametrization=args.parametrization, options=parse_options(args.option),
         compare_sp=not args.no_sp, seed=args.seed, seeds=args.seeds, device=args.device,

@@ -9,6 +9,11 @@ class CaptureError(MuRewriteError):
     """The model could not be captured as a graph at one of the widths."""
 
 
+class StubError(CaptureError):
+    """A repeated block's copy cannot be passed through, or is not a copy of its representative: the
+    block is analysed apart (passes/passthrough.py; the pipeline's fallback)."""
+
+
 class WidthError(MuRewriteError):
     """The widths do not define a consistent set of infinite dimensions."""
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .api import apply_plan, fold, fold_report
-from .cli import _example_inputs, guarded
+from .cli_common import example_inputs, guarded
 from .errors import MuRewriteError
 from .hf import GROWS
 from .loading import infer_example_inputs, load_model_file
@@ -75,7 +75,7 @@ def run(args) -> int:
     model = build_model(factory, plan.target_width)
     _load_checkpoint(model, checkpoint, plan.target_width)
     mup_model = apply_plan(model, plan, inplace=True)
-    inputs = None if args.no_check else (_example_inputs(module) or infer_example_inputs(model))
+    inputs = None if args.no_check else (example_inputs(module) or infer_example_inputs(model))
     folded = fold(mup_model, plan, example_inputs=inputs, inplace=True)
     paths = _save_hf(folded, out) if is_hf else [write_atomically(out / STATE_DICT, lambda f: torch.save(folded.state_dict(), f))]
     paths.append(write_atomically(out / REPORT, lambda f: f.write(fold_report(plan).encode() + b"\n")))

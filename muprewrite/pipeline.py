@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from .errors import MuRewriteError, WidthPredictionError
+from .errors import MuRewriteError, StubError, WidthPredictionError
 from .loading import infer_example_inputs
 from .passes import ops
 from .passes.attention import find_attention
@@ -34,7 +34,6 @@ from .passes.foldable import place_folds
 from .passes.init_scan import SEED as INIT_SEED
 from .passes.init_scan import scan_init
 from .passes.lint import lint
-from .passes.passthrough import StubError
 from .passes.repeats import find_repeats, unlike_copies
 from .passes.rewrite import graph_diff
 from .passes.roles import classify_uses

@@ -38,11 +38,11 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 
-from ..errors import CaptureError, MuRewriteError
+from ..errors import CaptureError, MuRewriteError, StubError
 from ..widths import WIDTH_NAMES, Widths
 from .capture_failures import (DATA_DEPENDENT, Failure, Strategy, capture_error, describe_failure, exception_chain,
                                fallback_note, first_line, next_strategy, user_location)
-from .passthrough import StubError, copies_own, refuse_reads, stubbed
+from .passthrough import copies_own, refuse_reads, stubbed
 from .repeats import find_repeats
 
 @dataclass

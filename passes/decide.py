@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import fx
 
 from .. import optimizers
-from ..errors import MuRewriteError
+from ..errors import MuRewriteError, StubError
 from ..options import checked_options
 from ..plan import Edit, ParamPlan, Plan
 from ..rules import KEEP, attention_factor, rule_for, weight_decay_mult
@@ -27,7 +27,6 @@ from . import ops
 from .attention import hidden_logit_paths
 from .contractions import undecided
 from .dims import Dataflow
-from .passthrough import StubError
 from .repeats import copies_ops_before, inside
 from .source import where
 from .width_constants import width_constants_around

@@ -5,7 +5,7 @@ class without tensors or submodules, whose forward returns its inputs shaped as 
 representative's outputs were when that last ran; an export then sees neither the copy's ops nor
 its parameters, and records (`positions`) the graph's last node when each copy ran. In a realized
 model an edited module around the blocks counts a passed-through copy's ops as if they ran
-(realize.skip_calls). `StubError` when a copy cannot be passed through.
+(intercept.skip_calls). `StubError` when a copy cannot be passed through.
 """
 
 from __future__ import annotations
@@ -21,13 +21,9 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ..errors import CaptureError
-from .realize import as_traced, counting_calls, skip_calls
+from ..errors import StubError
+from .intercept import as_traced, counting_calls, skip_calls
 from .repeats import representative_of
-
-
-class StubError(CaptureError):
-    """A copy cannot be replaced by a pass-through (its outputs are not shaped like its inputs)."""
 
 
 

@@ -31,14 +31,14 @@ import traceback
 import torch
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
-from ..errors import MuRewriteError, VerificationError
+from ..errors import MuRewriteError, StubError, VerificationError
 from ..plan import Plan
 from .capture import build_model, export_with_fallbacks, inputs_at, split_inputs
 from .capture_failures import first_line, user_location
 from . import ops
 from .deferred_init import DeferredBuild
 from .realize import interceptors, realize
-from .passthrough import StubError, copies_own, refuse_reads, stubbed
+from .passthrough import copies_own, refuse_reads, stubbed
 from .repeats import inside, representative_of
 from .rewrite import rewrite_graph
 

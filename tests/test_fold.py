@@ -24,7 +24,8 @@ from torch import nn
 
 import muprewrite
 from muprewrite.cli import EXIT_USER_ERROR, main
-from muprewrite.passes.realize import REALIZED_FLAG, InterceptCalls
+from muprewrite.passes.intercept import InterceptCalls
+from muprewrite.passes.realize import REALIZED_FLAG
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ["mlp", "cnn", "gpt_sdpa", "gpt_manual", "gpt_heads", "gpt_tied", "einsum_attention", "moe",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import muprewrite
-from muprewrite.passes.passthrough import StubError
+from muprewrite.errors import StubError
 from muprewrite.passes.repeats import find_repeats
 from muprewrite.plan import Plan
 

@@ -89,12 +89,7 @@ def widths(make_model) -> tuple:
     rule = getattr(make_model, "rule", None)
     if not isinstance(rule, WidthRule):
         raise MuRewriteError("widths() takes a factory made by muprewrite.hf.factory(...)")
-    base = rule.suggested_base
-    if base is None:
-        raise MuRewriteError(
-            f"no base width below {rule.target_hidden // 2} keeps every scaled field of {rule.model_type} a positive "
-            f"integer (widths must be multiples of {rule.width_multiple}); pass --base and --target yourself")
-    return base, 2 * base, rule.target_hidden
+    return rule.widths()
 
 
 def example_inputs(config_or_type, *, task: str | None = None, fixed: dict | None = None) -> dict | WithEncoderStates:

@@ -66,13 +66,11 @@ def modal_inputs(make_model, text_inputs: dict, generator) -> dict:
 
 
 def _modal_inputs(make_model, text_inputs: dict, generator) -> dict:
-    from . import widths  # the package imports this module
-
     parameters = inspect.signature(make_model.model_class.forward).parameters
     arguments = [name for name in parameters if MODAL_ARGUMENT.fullmatch(name)]
     if not arguments or "input_ids" not in text_inputs:
         return {}
-    base, *others = widths(make_model)
+    base, *others = make_model.rule.widths()
     model = _built(make_model, base)
     modalities = [_modality(model, make_model.config, a, parameters, text_inputs, generator) for a in arguments]
     inputs = _combined(make_model.config, text_inputs, modalities)

@@ -67,6 +67,15 @@ class WidthRule:
         """The base width `hf.widths` suggests (None: there is none), found once."""
         return _base_width(self)
 
+    def widths(self) -> tuple:
+        """(base, delta, target): the suggested base, twice it, the target."""
+        base = self.suggested_base
+        if base is None:
+            raise MuRewriteError(
+                f"no base width below {self.target_hidden // 2} keeps every scaled field of {self.model_type} a "
+                f"positive integer (widths must be multiples of {self.width_multiple}); pass --base and --target yourself")
+        return base, 2 * base, self.target_hidden
+
     def as_dict(self) -> dict:
         """The JSON-serialisable account shown in the report (`make_model.width_rule`). The suggested
         widths are not in it: finding them builds the model three times (`suggested_base`)."""
