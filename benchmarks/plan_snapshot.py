@@ -13,6 +13,8 @@ A model that raises is recorded by its error's one line (a refusal must stay the
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.util
 import json
 import subprocess
 import sys
@@ -20,7 +22,24 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(HERE), str(ROOT / "tests")]  # this checkout's muprewrite, whatever is installed
+sys.path[:0] = [str(HERE), str(ROOT / "tests")]
+
+
+class ThisCheckout(importlib.abc.MetaPathFinder):
+    """Imports muprewrite (and muprewrite.passes, which lives in passes/) from this checkout, whatever
+    an editable install elsewhere maps them to: a snapshot of an old commit runs the old code."""
+
+    PACKAGES = {"muprewrite": ROOT / "muprewrite", "muprewrite.passes": ROOT / "passes"}
+
+    def find_spec(self, name, path=None, target=None):
+        folder = self.PACKAGES.get(name)
+        if folder is None:
+            return None
+        return importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+
+
+sys.meta_path.insert(0, ThisCheckout())
 
 
 def examples() -> dict:

@@ -191,10 +191,10 @@ def plan(c: Compilation, parametrization: str = "mup", options: dict | None = No
     """The plan at `at` (a captured width's name, or any width: sizes and constants predicted), composed
     from what decide, lint and stamp make of the analysis."""
     at = check_at(at, c.flow.widths)
-    decided = decide(c.flow, c.uses, c.sites, c.init, parametrization, options, at)
+    decided = decide(c, parametrization, options, at)
     folds = place_folds(c.flow, decided.edits, decided.parameters, at)
     placed = replace(decided, edits=[replace(edit, fold=fold) for edit, fold in zip(decided.edits, folds)])
-    linted = replace(placed, warnings=lint(c.flow, c.uses, c.sites, c.init, placed))
+    linted = replace(placed, warnings=lint(c, placed))
     return stamp(linted, c.captures.repeats, c.captures.parameter_order)
 
 

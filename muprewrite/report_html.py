@@ -11,7 +11,7 @@ from itertools import groupby
 from .report_diff import diff_view, line_kind, more_hunks
 from .report_steps import next_steps
 from .report_sites import edit_section, warning_views
-from .report_view import parameter_section, summary_lines, verification_lines
+from .report_view import SECTIONS, parameter_section, summary_lines, verification_lines
 
 STYLE = """
 .muprewrite-report { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; font-size: 14px;
@@ -50,12 +50,19 @@ def report_page(report, full: bool) -> str:
 def report_fragment(report, full: bool) -> str:
     """The page's body: what Jupyter shows."""
     plan = report.plan
-    parts = [f"<style>{STYLE}</style>", f"<h1>{escape(f'muprewrite report: {plan.parametrization}')}</h1>",
-             _section("summary", "Summary", _paragraphs(summary_lines(plan))),
-             _notes(plan), _parameters(plan, full), _edits(plan, full), _warnings(plan, full),
-             _diff(report, full), _section("verification", "Verification",
-                                           _paragraphs(verification_lines(report.verification))),
-             _next_steps(report)]
+    draw = {
+        "title": lambda: f"<style>{STYLE}</style>\n<h1>{escape(f'muprewrite report: {plan.parametrization}')}</h1>",
+        "summary": lambda: _section("summary", "Summary", _paragraphs(summary_lines(plan))),
+        "notes": lambda: _notes(plan),
+        "parameters": lambda: _parameters(plan, full),
+        "edits": lambda: _edits(plan, full),
+        "warnings": lambda: _warnings(plan, full),
+        "diff": lambda: _diff(report, full),
+        "verification": lambda: _section("verification", "Verification",
+                                         _paragraphs(verification_lines(report.verification))),
+        "next_steps": lambda: _next_steps(report),
+    }
+    parts = [draw[name]() for name in SECTIONS]
     return '<div class="muprewrite-report">\n' + "\n".join(p for p in parts if p) + "\n</div>\n"
 
 

@@ -5,18 +5,28 @@ from __future__ import annotations
 from .report_diff import diff_view, more_hunks
 from .report_steps import next_steps
 from .report_sites import edit_section, warning_views
-from .report_view import parameter_section, summary_lines, verification_lines
+from .report_view import SECTIONS, parameter_section, summary_lines, verification_lines
 
 
 def report_markdown(report, full: bool) -> str:
     plan = report.plan
-    lines = [f"# muprewrite report: {plan.parametrization}", "", *_paragraphs(summary_lines(plan))]
-    lines += [f"- {_escape(note)}" for note in plan.notes] + ([""] if plan.notes else [])
-    lines += _parameters(plan, full) + _edits(plan, full) + _warnings(plan, full) + _diff(report, full)
-    lines += ["## Verification", "", *_paragraphs(verification_lines(report.verification))]
-    intro, code = next_steps(plan, report.origin or {})
-    lines += ["## Next steps", "", *_paragraphs(intro), "```python", *code, "```"]
-    return "\n".join(lines) + "\n"
+    draw = {
+        "title": lambda: [f"# muprewrite report: {plan.parametrization}", ""],
+        "summary": lambda: _paragraphs(summary_lines(plan)),
+        "notes": lambda: [f"- {_escape(note)}" for note in plan.notes] + ([""] if plan.notes else []),
+        "parameters": lambda: _parameters(plan, full),
+        "edits": lambda: _edits(plan, full),
+        "warnings": lambda: _warnings(plan, full),
+        "diff": lambda: _diff(report, full),
+        "verification": lambda: ["## Verification", "", *_paragraphs(verification_lines(report.verification))],
+        "next_steps": lambda: _next_steps(report),
+    }
+    return "\n".join(line for name in SECTIONS for line in draw[name]()) + "\n"
+
+
+def _next_steps(report) -> list:
+    intro, code = next_steps(report.plan, report.origin or {})
+    return ["## Next steps", "", *_paragraphs(intro), "```python", *code, "```"]
 
 
 def _paragraphs(texts: list) -> list:

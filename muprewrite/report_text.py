@@ -11,7 +11,7 @@ from .report_layout import cells_fit_one_line, code_lines, flow, python_lines, t
 from .report_diff import diff_view, line_kind, more_hunks
 from .report_steps import next_steps
 from .report_sites import edit_section, warning_views
-from .report_view import parameter_section, summary_lines, verification_lines
+from .report_view import SECTIONS, parameter_section, summary_lines, verification_lines
 
 DIFF_STYLES = {"add": "green", "del": "red", "hunk": "cyan", "file": "bold", "context": ""}
 MAX_SUBJECTS = 6  # warning subjects shown before "(+N more)" unless full
@@ -19,14 +19,19 @@ MAX_SUBJECTS = 6  # warning subjects shown before "(+N more)" unless full
 
 def report_lines(report, width: int, full: bool) -> list:
     plan = report.plan
-    sections = [_title(plan), _prose(summary_lines(plan), width),
-                _prose([f"• {n}" for n in plan.notes], width, "  "),
-                _parameters(plan, width, full), _edits(plan, width, full), _warnings(plan, width, full),
-                _diff(report.code_diff, plan, width, full),
-                _heading("Verification") + _prose(verification_lines(report.verification), width),
-                _next_steps(plan, report.origin, width)]
+    draw = {
+        "title": lambda: _title(plan),
+        "summary": lambda: _prose(summary_lines(plan), width),
+        "notes": lambda: _prose([f"• {n}" for n in plan.notes], width, "  "),
+        "parameters": lambda: _parameters(plan, width, full),
+        "edits": lambda: _edits(plan, width, full),
+        "warnings": lambda: _warnings(plan, width, full),
+        "diff": lambda: _diff(report.code_diff, plan, width, full),
+        "verification": lambda: _heading("Verification") + _prose(verification_lines(report.verification), width),
+        "next_steps": lambda: _next_steps(plan, report.origin, width),
+    }
     lines = []
-    for section in filter(None, sections):
+    for section in filter(None, (draw[name]() for name in SECTIONS)):
         lines += section + [Text("")]
     return lines[:-1]
 

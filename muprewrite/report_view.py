@@ -16,6 +16,10 @@ from .options import changed_options
 from .plan import Plan
 from .report_collapse import collapse, each
 
+# the report's sections in order, the same in every form (terminal, Markdown, HTML): each renderer
+# draws every one of them (a new section: its name here and one function in each renderer)
+SECTIONS = ("title", "summary", "notes", "parameters", "edits", "warnings", "diff", "verification", "next_steps")
+
 CHANGE_DEFINITION = ("a parameter whose init, forward multiplier (its own, or a readout's on its input), "
                      "trainability, or that family's LR or WD multiplier differs from SP")
 

@@ -1,7 +1,7 @@
 """decide (DESIGN step 5, "plan"): turn the analysis into the plan, the record of every decision.
 
-Reads:  `Dataflow`, the uses from `roles`, the sites from `attention`, the `InitStats` from
-        `init_scan`, the parametrization and options, and the width `at` to plan for: a captured
+Reads:  the analysis (`Compilation`: its `Dataflow`, the uses from `roles`, the sites from
+        `attention`, the `InitStats` from `init_scan`), the parametrization and options, and the width `at` to plan for: a captured
         width's name, or any width (an int), at which every size and constant the plan reads is
         predicted from the captures (`muprewrite.widths`; `WidthPredictionError` where one cannot be).
 Returns: a `Plan` without folds or warnings (the pipeline adds what `foldable` and `lint` return) — per parameter its shapes,
@@ -15,7 +15,8 @@ Returns: a `Plan` without folds or warnings (the pipeline adds what `foldable` a
 
 from __future__ import annotations
 
-from torch import fx
+from typing import TYPE_CHECKING
+
 
 from .. import optimizers
 from ..errors import MuRewriteError, StubError
@@ -29,10 +30,15 @@ from .contractions import undecided
 from .dims import Dataflow
 from .repeats import copies_ops_before, inside
 from .source import where
+from .roles import norm_gains
 from .width_constants import width_constants_around
 
-def decide(flow: Dataflow, uses: dict, sites: list, init: dict, parametrization: str = "mup",
-           options: dict | None = None, at: str | int = "target") -> Plan:
+if TYPE_CHECKING:
+    from ..pipeline import Compilation
+
+
+def decide(c: Compilation, parametrization: str = "mup", options: dict | None = None, at: str | int = "target") -> Plan:
+    flow, uses, sites, init = c.flow, c.uses, c.sites, c.init
     at = check_at(at, flow.widths)
     options = checked_options(options)
     if options["unknown_ops"] == "error":
@@ -67,36 +73,6 @@ def primary_use(param_uses: list):
         return None
     unclassified = [u for u in param_uses if u.role == "unclassified"]
     return unclassified[0] if unclassified else param_uses[0]
-
-
-def norm_gains(flow: Dataflow, uses: dict) -> set:
-    """Parameters used as the gain of a normalization: the gain slot of a norm op, or a vector
-    multiplying an activation that was just normalised (a hand-written RMSNorm or LayerNorm)."""
-    return {name for name, param_uses in uses.items()
-            if any(_is_gain_use(flow, u) for u in param_uses if u.role == "vector")}
-
-
-def _is_gain_use(flow: Dataflow, use) -> bool:
-    spec = ops.spec(use.op)
-    if spec is not None and spec.kind == ops.NORM:
-        return use.position == spec.gain
-    if use.op != "mul":
-        return False
-    other = ops.node_slots(flow.fx(use.node)).get("other" if use.position == "input" else "input")
-    return isinstance(other, fx.Node) and _is_normalised(other)
-
-
-def _is_normalised(node: fx.Node, depth: int = 6) -> bool:
-    """Whether `node` divides (or multiplies) by a root of a variance / norm a few pointwise ops up."""
-    frontier = [(node, 0)]
-    while frontier:
-        current, level = frontier.pop()
-        name = ops.op_name(current)
-        if name in ops.NORMALIZING or (ops.spec(name) is not None and ops.spec(name).kind == ops.NORM):
-            return True
-        if level < depth and (ops.kind(current) in (ops.POINTWISE, ops.VIEW) or name in ops.SUMMING):
-            frontier += [(arg, level + 1) for arg in current.all_input_nodes]
-    return False
 
 
 def _role_unused(shape) -> str:

@@ -96,7 +96,12 @@ def _entry(plan: Plan, name: str, prefix: list):
                          "(or the module holding it)")
 
 
-ARTIFACTS = ("plan.json", "report.md", "report.html")
+# what `--out` / `Result.save` write: file name -> its text, from the plan and the report (a new output is one entry)
+ARTIFACTS = {
+    "plan.json": lambda plan, report: plan.to_json(),
+    "report.md": lambda plan, report: report.to_markdown(),
+    "report.html": lambda plan, report: report.to_html(),
+}
 
 
 def check_out_dir(out_dir, artifacts=ARTIFACTS) -> Path:
@@ -118,9 +123,9 @@ def check_out_dir(out_dir, artifacts=ARTIFACTS) -> Path:
 
 
 def write_artifacts(plan: Plan, report, out_dir) -> list:
-    """plan.json, report.md and report.html, each written whole or not at all."""
+    """Every artifact (plan.json, report.md, report.html), each written whole or not at all."""
     out = check_out_dir(out_dir)
-    texts = dict(zip(ARTIFACTS, (plan.to_json(), report.to_markdown(), report.to_html())))
+    texts = {name: render(plan, report) for name, render in ARTIFACTS.items()}
     return [write_atomically(out / name, lambda f, text=text: f.write(text.encode("utf-8"))) for name, text in texts.items()]
 
 

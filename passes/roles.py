@@ -154,3 +154,33 @@ def _is_scalar_arith(flow: Dataflow, user: fx.Node, name: str, slot) -> bool:
         return True
     shape = flow.shape(other.name)
     return shape is not None and not isinstance(shape, list) and shape.numel("target") == 1 and not flow.graph.nodes[other.name]["param"]
+
+
+def norm_gains(flow: Dataflow, uses: dict) -> set:
+    """Parameters used as the gain of a normalization: the gain slot of a norm op, or a vector
+    multiplying an activation that was just normalised (a hand-written RMSNorm or LayerNorm)."""
+    return {name for name, param_uses in uses.items()
+            if any(_is_gain_use(flow, u) for u in param_uses if u.role == "vector")}
+
+
+def _is_gain_use(flow: Dataflow, use) -> bool:
+    spec = ops.spec(use.op)
+    if spec is not None and spec.kind == ops.NORM:
+        return use.position == spec.gain
+    if use.op != "mul":
+        return False
+    other = ops.node_slots(flow.fx(use.node)).get("other" if use.position == "input" else "input")
+    return isinstance(other, fx.Node) and _is_normalised(other)
+
+
+def _is_normalised(node: fx.Node, depth: int = 6) -> bool:
+    """Whether `node` divides (or multiplies) by a root of a variance / norm a few pointwise ops up."""
+    frontier = [(node, 0)]
+    while frontier:
+        current, level = frontier.pop()
+        name = ops.op_name(current)
+        if name in ops.NORMALIZING or (ops.spec(name) is not None and ops.spec(name).kind == ops.NORM):
+            return True
+        if level < depth and (ops.kind(current) in (ops.POINTWISE, ops.VIEW) or name in ops.SUMMING):
+            frontier += [(arg, level + 1) for arg in current.all_input_nodes]
+    return False
