@@ -35,6 +35,7 @@ from .passes.init_scan import SEED as INIT_SEED
 from .passes.init_scan import scan_init
 from .passes.lint import lint
 from .passes.repeats import find_repeats, unlike_copies
+from .passes.residuals import find_residuals
 from .passes.rewrite import graph_diff
 from .passes.roles import classify_uses
 from .passes.stamp import stamp
@@ -67,6 +68,7 @@ class Compilation:
     flow: Dataflow | None = None
     uses: dict | None = None
     sites: list | None = None
+    residuals: list | None = None  # the residual adds, their branches and streams (depth transfer)
     # filled by the rest of COMPILATION
     plan: Plan | None = None
     diff: object = None
@@ -119,6 +121,10 @@ def _attention(c: Compilation) -> None:
     c.sites = find_attention(c.flow)
 
 
+def _residuals(c: Compilation) -> None:
+    c.residuals = find_residuals(c.flow)
+
+
 def _plan(c: Compilation) -> None:
     c.plan = finished(plan(c, c.parametrization, c.options, "target"), c.factory, c.flow, c.families)
 
@@ -143,6 +149,7 @@ ANALYSIS = (
     Stage("constants", "reading scales kept in buffers", _constants),
     Stage("roles", "classifying roles", _roles),
     Stage("attention", "finding attention", _attention),
+    Stage("residuals", "finding residual streams", _residuals),
 )
 COMPILATION = ANALYSIS + (
     Stage("plan", "planning at the target width", _plan),
