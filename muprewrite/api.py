@@ -13,6 +13,7 @@ from . import pipeline
 from .errors import MuRewriteError
 from .optimizers import family
 from .passes.capture import build_model, inputs_at
+from .passes.depth import AtDepth
 from .passes.emit import build_optimizer, param_groups, write_artifacts
 from .passes.fold import compare_outputs, describe
 from .passes.fold import fold as fold_edits
@@ -21,7 +22,7 @@ from .passes.realize import REALIZED_FLAG, realize
 from .plan import Plan
 from .report import Report
 from .rules import PARAMETRIZATIONS
-from .widths import Widths
+from .widths import Widths, check_depths
 
 
 @dataclass
@@ -68,7 +69,8 @@ class Result:
 def mupify(factory, *, base: int, target: int, delta: int | None = None, example_inputs=None,
            parametrization: str = "mup", options: dict | None = None, verify_width: bool = True,
            materialize: bool = True, progress: bool = False, optimizers=("adam", "sgd"),
-           share_blocks: bool = True) -> Result:
+           share_blocks: bool = True, depth_base: int | None = None, depth_target: int | None = None,
+           depth_delta: int | None = None) -> Result:
     """Compile `factory(width) -> nn.Module` into its muP version at `target` width.
 
     The model is captured at `base`, `delta` (default 2 * base) and `target` on the meta device;
@@ -77,21 +79,27 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
     at width `delta` against the edited graph unless `verify_width=False`. `optimizers`: the
     families the report shows (every family's multipliers are in the plan). `share_blocks`:
     structurally identical repeated blocks (a transformer's layers) are analysed once and their
-    plan entries written onto every copy; False analyses every block.
+    plan entries written onto every copy; False analyses every block. Depth transfer (CompleteP,
+    depth-muP; option depth_alpha): `factory(width, depth=L)` builds the model at any depth; the plan
+    is for `depth_target`, its residual branches scaled for transfer from `depth_base` (`depth_delta`,
+    default 2 * depth_base, tells which blocks repeat with depth).
     """
     widths = _check_widths(base, delta, target)
+    depths = check_depths(depth_base, depth_target, depth_delta)
+    factory = AtDepth(factory, depths.target) if depths else factory
     families = _families(optimizers)
     _check_parametrization(parametrization)
     asked = pipeline.Compilation(factory, example_inputs, widths, share_blocks, keep_delta_build=verify_width,
                                  parametrization=parametrization, options=options, families=families,
-                                 verify_width=verify_width)
+                                 verify_width=verify_width, depths=depths)
     # The analysis must not consume the caller's RNG: the returned model is initialised exactly
     # as `factory(target)` would be right now (bit for bit the original at base width).
     with pipeline.Observer(progress) as observer, torch.random.fork_rng(devices=[]):
         compiled = pipeline.compile(asked, observer)
     plan, diff, verification = compiled.plan, compiled.diff, compiled.verification
     model = realize(build_model(factory, target), plan, reinit=True) if materialize else None
-    origin = {"factory": f"{getattr(factory, '__module__', '')}.{getattr(factory, '__name__', 'make_model')}",
+    named = factory.factory if depths else factory
+    origin = {"factory": f"{getattr(named, '__module__', '')}.{getattr(named, '__name__', 'make_model')}",
               "materialized": materialize}
     return Result(model=model, plan=plan, report=Report(plan, diff, verification, origin=origin))
 

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base", type=int, help="base width (default: BASE_WIDTH in the model file)")
     parser.add_argument("--delta", type=int, help="second small width that tells which dims grow (default: 2 x base)")
     parser.add_argument("--target", type=int, help="target width (default: TARGET_WIDTH in the model file)")
+    parser.add_argument("--depth-base", type=int, metavar="L", help="depth transfer (CompleteP): the proxy's depth; "
+                        "make_model(width, depth=L) builds the model at any depth")
+    parser.add_argument("--depth-target", type=int, metavar="L", help="depth transfer: the depth the plan is for")
+    parser.add_argument("--depth-delta", type=int, metavar="L", help="depth transfer: a second small depth that tells "
+                        "which blocks repeat with depth (default: 2 x --depth-base)")
     parser.add_argument("--parametrization", choices=PARAMETRIZATIONS, default="mup")
     parser.add_argument("--grow", choices=GROWS, help="hf: models only: what grows with width, head_dim (the "
                         "default: head counts fixed) or heads (head sizes fixed)")
@@ -91,6 +96,7 @@ def compile_model(args):
                   parametrization=args.parametrization, options=parse_options(args.option),
                   optimizers=args.optimizer or ("adam", "sgd"),
                   verify_width=not args.no_verify, share_blocks=not args.every_block,
+                  depth_base=args.depth_base, depth_target=args.depth_target, depth_delta=args.depth_delta,
                   materialize=False, progress=not args.json and sys.stderr.isatty())
 
 
@@ -98,7 +104,8 @@ def command_line_origin(args) -> dict:
     """What the report's next steps need to know about this run: the model, --out, the command."""
     command = ["muprewrite", args.model]
     for flag, value in (("--base", args.base), ("--delta", args.delta), ("--target", args.target),
-                        ("--grow", args.grow)):
+                        ("--depth-base", args.depth_base), ("--depth-delta", args.depth_delta),
+                        ("--depth-target", args.depth_target), ("--grow", args.grow)):
         command += [flag, str(value)] if value is not None else []
     command += ["--parametrization", args.parametrization] if args.parametrization != "mup" else []
     command += [part for pair in args.option for part in ("--option", pair)]

@@ -53,6 +53,9 @@ OPTIONS = (
            "base value, so the readout's only width dependence is muP's 1/m; a one-element tensor there (a "
            "buffer) is read from a CPU build at each width, and refused where it cannot be; `keep` leaves them "
            "(and warns)", choices=("freeze", "keep")),
+    Option("depth_alpha", 1.0, "with depth transfer (`depth_base`, `depth_target`): residual branches times "
+           "m_L^-alpha, Adam LR inside the blocks times m_L^(alpha-1); 1 is CompleteP, 0.5 depth-muP",
+           "Dey et al. 2025 (CompleteP), Table 1"),
     Option("unknown_ops", "error", "`sp`: a parameter used by an op with no rule, or an attention muprewrite "
            "cannot follow, keeps SP and is marked in the report instead of stopping the run",
            choices=("error", "sp")),

@@ -29,6 +29,7 @@ from .passes.constant_values import read_constant_values
 from .passes.contractions import scale_free_products
 from .passes.decide import decide
 from .passes.deferred_init import DeferredBuild, build_deferred
+from .passes.depth import DepthAnalysis, analyse_depth, with_proxy_init
 from .passes.dims import Dataflow, analyse_dims
 from .passes.foldable import place_folds
 from .passes.init_scan import SEED as INIT_SEED
@@ -41,7 +42,7 @@ from .passes.roles import classify_uses
 from .passes.stamp import stamp
 from .passes.verify import verify
 from .plan import Plan
-from .widths import Widths, check_at
+from .widths import Depths, Widths, check_at
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Compilation:
     options: dict | None = None
     families: list = field(default_factory=lambda: ["adam", "sgd"])
     verify_width: bool = True
+    depths: Depths | None = None  # depth transfer: `factory` is then an AtDepth at the target depth
     # filled by ANALYSIS
     inputs: object = None
     base_model: nn.Module | None = None  # built on meta at base width: read for inputs and repeats, then captured
@@ -69,6 +71,7 @@ class Compilation:
     uses: dict | None = None
     sites: list | None = None
     residuals: list | None = None  # the residual adds, their branches and streams (depth transfer)
+    depth: DepthAnalysis | None = None  # the blocks and branches that repeat with depth
     # filled by the rest of COMPILATION
     plan: Plan | None = None
     diff: object = None
@@ -125,6 +128,13 @@ def _residuals(c: Compilation) -> None:
     c.residuals = find_residuals(c.flow)
 
 
+def _depth(c: Compilation) -> None:
+    if c.depths is not None:
+        model = c.base_model or build_model(c.factory, c.widths.base, "cpu")  # where it cannot be built on meta
+        c.depth = analyse_depth(c.factory, c.depths, c.widths.base, model, c.residuals, c.flow)
+        c.init = with_proxy_init(c.factory, c.depths, c.widths, c.init, model)
+
+
 def _plan(c: Compilation) -> None:
     c.plan = finished(plan(c, c.parametrization, c.options, "target"), c.factory, c.flow, c.families)
 
@@ -150,6 +160,7 @@ ANALYSIS = (
     Stage("roles", "classifying roles", _roles),
     Stage("attention", "finding attention", _attention),
     Stage("residuals", "finding residual streams", _residuals),
+    Stage("depth", "finding the blocks that repeat with depth", _depth),
 )
 COMPILATION = ANALYSIS + (
     Stage("plan", "planning at the target width", _plan),
@@ -239,7 +250,7 @@ def plan_for(c: Compilation, width: int, parametrization: str, options: dict | N
 def _fresh(compilation: Compilation, **changes) -> Compilation:
     asked = {name: getattr(compilation, name) for name in ("factory", "example_inputs", "widths", "share_blocks",
                                                              "keep_delta_build", "parametrization", "options",
-                                                             "families", "verify_width")}
+                                                             "families", "verify_width", "depths")}
     return Compilation(**{**asked, **changes})
 
 

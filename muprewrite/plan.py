@@ -34,6 +34,7 @@ class ParamPlan:
     zero: list = field(default_factory=list)  # [{"dim", "start", "stop"}] zeroed at init (zero-init options)
     zero_mean: bool = True  # centred init: rescale the whole tensor; else only its deviation from its mean
     routes: dict = field(default_factory=dict)  # family -> the optimizer it goes to, where not the family's own
+    depth_lr_mult: float = 1.0  # depth transfer: the factor in the Adam LR for a tensor inside the repeating blocks
 
     @property
     def init_ratio(self) -> float:
@@ -47,7 +48,7 @@ class ParamPlan:
 
 @dataclass
 class Edit:
-    kind: str  # "readout_multiplier" | "weight_multiplier" | "attention_scale"
+    kind: str  # "readout_multiplier" | "weight_multiplier" | "attention_scale" | "branch_multiplier" (depth)
     module: str  # path of the module whose forward runs the op ("" = root)
     node: str  # graph node of the op
     old: float
@@ -100,6 +101,9 @@ class Plan:
     # repeated blocks analysed once: copy module path -> the representative whose parameters, uses
     # and edits were written onto it under the copy's names (passes/repeats.py)
     repeats: dict = field(default_factory=dict)
+    # depth transfer: {"base", "delta", "target" (depths), "multiplier" (m_L), "alpha", "blocks" (module paths
+    # of the blocks that repeat with depth)}; None without depth arguments
+    depth: dict | None = None
 
     def graph_edits(self) -> list:
         """The edits of the captured graph's own nodes: a copy's edits name its representative's nodes."""
@@ -122,7 +126,7 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
         try:
-            _check_fields(Plan, data, "the plan", ("options", "notes", "optimizers", "repeats"))
+            _check_fields(Plan, data, "the plan", ("options", "notes", "optimizers", "repeats", "depth"))
             parameters = {k: ParamPlan(**_check_fields(ParamPlan, v, f"parameter {k!r}")) for k, v in
                           data["parameters"].items()}
             edits = [Edit(**_check_fields(Edit, e, f"edit {i}")) for i, e in enumerate(data["edits"])]
@@ -134,7 +138,7 @@ class Plan:
             return cls(**{k: data[k] for k in ("parametrization", "base_width", "delta_width", "target_width")},
                        options=data.get("options", {}), parameters=parameters, edits=edits, warnings=warnings,
                        notes=list(data.get("notes", [])), optimizers=list(data.get("optimizers", ["adam", "sgd"])),
-                       repeats=dict(data.get("repeats", {})))
+                       repeats=dict(data.get("repeats", {})), depth=data.get("depth"))
         except (KeyError, TypeError, ValueError) as exc:
             raise MuRewriteError(f"not a muprewrite plan: {exc}; pass a plan.json written by muprewrite") from exc
 
@@ -154,7 +158,7 @@ class Plan:
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list": (list,), "dict": (dict,)}
 _KINDS = {  # field -> the values muprewrite writes
     "role": ("input", "hidden", "output", "vector", "scalar", "unclassified"),
-    "kind": ("readout_multiplier", "weight_multiplier", "attention_scale"),
+    "kind": ("readout_multiplier", "weight_multiplier", "attention_scale", "branch_multiplier"),
     "realized_by": ("forward_pre_hook", "call_interception"),
     "apply_to": ("input", "scale_kwarg"),
 }

@@ -242,7 +242,20 @@ def summary_lines(plan: Plan) -> list:
     return [f"Widths: base {plan.base_width}, delta {plan.delta_width}, target {plan.target_width}. "
             f"Options: {options_text(plan.options)}.",
             f"{change_sentence(plan)}. {counted(len(plan.edits), 'use-site edit')}, "
-            f"{counted(len(plan.warnings), 'warning')}."]
+            f"{counted(len(plan.warnings), 'warning')}."] + depth_lines(plan)
+
+
+def depth_lines(plan: Plan) -> list:
+    """Depth transfer, in one sentence: "depth 2 -> 24 (m_L = 12), alpha = 1: 48 residual branches x 1/12"."""
+    depth = plan.depth
+    if not depth:
+        return []
+    branches = [e for e in plan.edits if e.kind == "branch_multiplier"]
+    factor = depth["multiplier"] ** -depth["alpha"]
+    lr = depth["multiplier"] ** (depth["alpha"] - 1)
+    return [f"Depth {depth['base']} → {depth['target']} (m_L = {depth['multiplier']:g}), alpha = {depth['alpha']:g}: "
+            f"{len(branches)} residual branch{'es' if len(branches) != 1 else ''} × {factor:.4g} in {counted(len(depth['blocks']), 'block')}; "
+            f"Adam LR inside the blocks × {lr:.4g}; no other optimizer family has a stated depth rule."]
 
 
 def counted(n: int, noun: str) -> str:

@@ -40,6 +40,36 @@ class Widths:
         return next((name for name in WIDTH_NAMES if self[name] == at), None)
 
 
+@dataclass(frozen=True)
+class Depths:
+    """The depths of depth transfer: the proxy's (base), a second one that tells which blocks repeat with
+    depth (delta), and the model's (target); `make_model(width, depth=L)` builds each."""
+
+    base: int
+    delta: int
+    target: int
+
+    @property
+    def multiplier(self) -> float:
+        """m_L: the target depth over the base depth."""
+        return self.target / self.base
+
+
+def check_depths(base: int | None, target: int | None, delta: int | None = None) -> Depths | None:
+    """The depths asked for (None: no depth transfer), checked: positive integers, delta apart from base."""
+    if base is None and target is None and delta is None:
+        return None
+    if base is None or target is None:
+        raise MuRewriteError("depth transfer needs both depth_base and depth_target (--depth-base, --depth-target)")
+    delta = 2 * base if delta is None else delta
+    for name, value in (("depth_base", base), ("depth_delta", delta), ("depth_target", target)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise MuRewriteError(f"{name} must be a positive integer, got {value!r}")
+    if delta == base:
+        raise MuRewriteError(f"depth_delta must differ from depth_base ({base}); e.g. depth_delta = 2 * depth_base")
+    return Depths(base, delta, target)
+
+
 def check_at(at, widths: Widths) -> str | int:
     """`at` as the plan takes it: a captured width's name or a positive integer width."""
     if isinstance(at, str) and at in WIDTH_NAMES:

@@ -15,6 +15,7 @@ Returns: a `Plan` without folds or warnings (the pipeline adds what `foldable` a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 
@@ -62,9 +63,15 @@ def decide(c: Compilation, parametrization: str = "mup", options: dict | None = 
             continue  # kept in SP as asked (unknown_ops='sp'): no use of it is edited either
         edits += _readout_edits(flow, name, param_uses, parametrization, options, at, placed)
         edits += _weight_multiplier_edits(flow, name, param_uses, plan.weight_multiplier, parametrization)
+    depth = c.depth if parametrization != "sp" else None
+    if depth is not None:
+        parameters = {name: _at_depth(p, depth, options) if depth.holds(name.rpartition(".")[0]) else p
+                      for name, p in parameters.items()}
+        edits += _branch_edits(flow, depth, options)
     edits = sorted(edits + _attention_edits(flow, sites, parametrization, options, at), key=_graph_order(flow))
     widths = flow.widths
-    return Plan(parametrization, widths.base, widths.delta, widths[at], options, parameters, edits, warnings=[])
+    return Plan(parametrization, widths.base, widths.delta, widths[at], options, parameters, edits, warnings=[],
+                depth=_depth_record(depth, options))
 
 
 def primary_use(param_uses: list):
@@ -152,7 +159,7 @@ def _param_plan(flow, node, name, param_uses, stats, parametrization, options, a
     m, f = (use.fan_in_mult(at), use.fan_out_mult(at)) if use else (1.0, 1.0)
     rule = rule_for(parametrization, role, m, f, options["alpha_out"], options["alpha_in"])
     before = stats.std_at(flow.widths.ratio(at))
-    effective = before if rule.init is None else stats.base_std * rule.init
+    effective = before if rule.init is None else (stats.proxy_std or stats.base_std) * rule.init
     stored = effective / rule.weight_multiplier
     tensor = optimizers.Tensor(role, tuple(shape.at(at)), tuple(shape.base), m, f, rule.lr_adam, rule.lr_sgd,
                                optimizers.rms_ratio(stored, _stored_std_at_base(stats, rule, parametrization, role,
@@ -286,6 +293,40 @@ def _zero_init_slices(uses, sites, options, at) -> dict:
             for name, piece in (site.query_slices_at(at) or {}).items():
                 zeroed.setdefault(name, []).append(piece)
     return zeroed
+
+
+def _at_depth(plan: ParamPlan, depth, options: dict) -> ParamPlan:
+    """A tensor inside the blocks that repeat with depth (CompleteP, Table 1): Adam's LR times
+    m_L^(alpha-1), its eps (option adam_eps="scaled") times m_L^-alpha; no other family has a stated
+    depth rule (None: param_groups refuses it)."""
+    multiplier, alpha = depth.depths.multiplier, options["depth_alpha"]
+    if multiplier == 1.0:
+        return plan
+    factor = multiplier ** (alpha - 1)
+    lr = {name: (value * factor if value is not None else None) if name == "adam" else None
+          for name, value in plan.lr_mult.items()}
+    wd = {name: None if value is None else weight_decay_mult(value, options["weight_decay"]) for name, value in lr.items()}
+    eps = plan.eps_mult * (multiplier ** -alpha if options["adam_eps"] == "scaled" else 1.0)
+    return replace(plan, lr_mult=lr, wd_mult=wd, eps_mult=eps, depth_lr_mult=factor)
+
+
+def _branch_edits(flow: Dataflow, depth, options: dict) -> list:
+    """m_L^-alpha on each residual branch that repeats with depth, as an edit of its add's branch operand."""
+    factor = depth.depths.multiplier ** -options["depth_alpha"]
+    if factor == 1.0:
+        return []
+    return [Edit(kind="branch_multiplier", module=r.module, node=r.node, old=1.0, new=factor,
+                 realized_by="call_interception", family="add", **_occurrence(flow, r.node, r.module, "add"),
+                 apply_to="input", operand="other" if r.stream == "input" else "input")
+            for r in depth.branches]
+
+
+def _depth_record(depth, options: dict) -> dict | None:
+    if depth is None:
+        return None
+    depths = depth.depths
+    return {"base": depths.base, "delta": depths.delta, "target": depths.target, "multiplier": depths.multiplier,
+            "alpha": options["depth_alpha"], "blocks": list(depth.blocks)}
 
 
 def _occurrence(flow: Dataflow, node: str, scope: str, fam: str) -> dict:

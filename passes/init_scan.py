@@ -60,6 +60,9 @@ class InitStats:
     excess_kurtosis: float
     zero_mean: bool  # the mean is within sampling error of 0 (a centred init such as normal(0, s))
     resolved: bool = True  # False: too few entries to tell std ∝ width^±1/2 from a constant std (taken as constant)
+    # depth transfer: the std at base width in the model at the base depth (the proxy's), which muP's init
+    # scales with width (CompleteP: no depth term in the init, whatever the model's own init does with depth)
+    proxy_std: float | None = None
 
     def std_at(self, ratio: float) -> float:
         return self.base_std * ratio**self.exponent

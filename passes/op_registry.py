@@ -127,6 +127,9 @@ REGISTRY = {
     # no kind (to the analysis a reduction is an op it does not know); registered so that the realization
     # counts its calls: a sum of an elementwise product q * k is an attention site (passes/attention.py)
     "sum": OpSpec(None, "sum", (torch.sum, _T.sum)),
+    # counted by the realization too: a residual branch's depth multiplier is an edit of its add
+    "add": OpSpec(POINTWISE, "add", (torch.add, _T.add, _T.add_, _T.__add__, _T.__radd__, _T.__iadd__),
+                  runtime_names={_T.__radd__: ("other", "input"), _T.__iadd__: ("input", "other")}),
     "scaled_dot_product_attention": OpSpec(SDPA, "sdpa", (F.scaled_dot_product_attention,), query="query",
                                            scale="scale"),
     **dict.fromkeys(("softmax", "_softmax", "_safe_softmax"), OpSpec(SOFTMAX)),

@@ -51,3 +51,12 @@ def test_readme_test_command_is_what_ci_runs():
     assert "<!-- test-command -->" in readme and "<!-- test-command -->" in ci
     command = readme.split("<!-- test-command -->")[1].split("```")[1]
     assert "pip install torch==2.13.0" in command and "pytest" in command
+
+
+def test_readme_depth_example_runs(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the README's commands run from the repository's root
+    namespace = {}
+    exec(compile(python_block("Depth transfer (CompleteP)"), "README.md", "exec"), namespace)
+    deep = namespace["deep"]
+    assert deep.plan.depth["multiplier"] == 4 and len(namespace["groups"]) > 1
+    assert sum(e.kind == "branch_multiplier" for e in deep.plan.edits) == 16

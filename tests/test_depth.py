@@ -1,0 +1,137 @@
+"""Depth transfer (CompleteP, depth-muP): the plan against a hand-written CompleteP twin, the
+identity at base width and depth, and the refusals (post-LN, blocks not proportional to depth)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from muprewrite import fold, mupify
+from muprewrite.errors import MuRewriteError
+
+BASE, TARGET, VOCAB, SEQ = 32, 64, 61, 8
+
+
+class Block(nn.Module):
+    def __init__(self, width, branch_scale=1.0, post_ln=False):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.up, self.down = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+        self.scale, self.post_ln = branch_scale, post_ln
+
+    def attn(self, x):
+        b, t, d = x.shape
+        q, k, v = (z.view(b, t, 2, d // 2).transpose(1, 2) for z in self.qkv(x).chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+    def forward(self, x):
+        if self.post_ln:
+            x = self.ln1(x + self.attn(x))
+            return self.ln2(x + self.down(F.gelu(self.up(x))))
+        x = x + self.scale * self.attn(self.ln1(x))
+        return x + self.scale * self.down(F.gelu(self.up(self.ln2(x))))
+
+
+class Gpt(nn.Module):
+    def __init__(self, width, depth, branch_scale=1.0, post_ln=False, extra_blocks=0, gpt2_init=False):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(VOCAB, width), nn.Embedding(SEQ, width)
+        self.blocks = nn.ModuleList(Block(width, branch_scale, post_ln) for _ in range(depth + extra_blocks))
+        self.ln_f, self.head = nn.LayerNorm(width), nn.Linear(width, VOCAB, bias=False)
+        for name, param in self.named_parameters() if gpt2_init else ():
+            if name.endswith(("proj.weight", "down.weight")):  # GPT-2: output projections 0.02 / sqrt(2 L)
+                nn.init.normal_(param, std=0.02 / (2 * len(self.blocks)) ** 0.5)
+
+    def forward(self, ids):
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+def make_model(width, depth=2):
+    return Gpt(width, depth)
+
+
+def ids():
+    return (torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0)),)
+
+
+def twin(alpha, depth_base, depth):
+    """CompleteP by hand: every residual branch times (depth / depth_base)^-alpha."""
+    return lambda width: Gpt(width, depth, branch_scale=(depth / depth_base) ** -alpha)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_the_plan_is_the_hand_written_completep_twin(alpha):
+    depth_base, depth_target = 2, 8
+    deep = mupify(make_model, base=BASE, target=TARGET, example_inputs=ids(), depth_base=depth_base,
+                  depth_target=depth_target, options={"depth_alpha": alpha})
+    by_hand = mupify(twin(alpha, depth_base, depth_target), base=BASE, target=TARGET, example_inputs=ids())
+    by_hand.model.load_state_dict(deep.model.state_dict())
+    torch.testing.assert_close(deep.model(*ids()), by_hand.model(*ids()), rtol=1e-5, atol=1e-6)
+
+    multiplier = depth_target / depth_base
+    branches = [e for e in deep.plan.edits if e.kind == "branch_multiplier"]
+    assert len(branches) == 2 * depth_target
+    assert all(e.factor == pytest.approx(multiplier ** -alpha) for e in branches)
+    assert deep.plan.depth["multiplier"] == multiplier and deep.plan.depth["alpha"] == alpha
+    for name, entry in deep.plan.parameters.items():
+        hand = by_hand.plan.parameters[name]
+        in_blocks = name.startswith("blocks.")
+        assert entry.lr_mult["adam"] == pytest.approx(hand.lr_mult["adam"] * (multiplier ** (alpha - 1) if in_blocks else 1))
+        assert entry.init_std == pytest.approx(hand.init_std)  # no depth term in the init
+        assert (entry.lr_mult["sgd"] is None) == in_blocks  # no stated depth rule for SGD
+    with pytest.raises(MuRewriteError):
+        deep.param_groups(lr=1e-3, optimizer="sgd")
+    groups = deep.param_groups(lr=1e-3, optimizer="adamw")
+    assert {round(g["lr"] / 1e-3, 9) for g in groups} >= {round(multiplier ** (alpha - 1) / 2, 9)}  # hidden: 1/m_N x depth
+
+
+def test_an_init_that_shrinks_with_depth_is_the_proxys_at_every_depth():
+    """CompleteP's init has no depth term: GPT-2's 0.02/sqrt(2L) is taken at the proxy's depth."""
+    deep = mupify(lambda width, depth=2: Gpt(width, depth, gpt2_init=True), base=BASE, target=TARGET,
+                  example_inputs=ids(), depth_base=2, depth_target=8, materialize=False, verify_width=False)
+    proxy = mupify(lambda width: Gpt(width, 2, gpt2_init=True), base=BASE, target=TARGET, example_inputs=ids(),
+                   materialize=False, verify_width=False)
+    for name in ("blocks.0.proj.weight", "blocks.7.down.weight", "blocks.3.qkv.weight", "head.weight"):
+        proxy_name = name.replace("blocks.7", "blocks.1").replace("blocks.3", "blocks.1")
+        assert deep.plan.parameters[name].init_std["after"] == pytest.approx(
+            proxy.plan.parameters[proxy_name].init_std["after"], rel=0.05), name
+    own = deep.plan.parameters["blocks.7.down.weight"].init_std["before"]
+    assert own == pytest.approx(0.02 / 4, rel=0.05)  # the model's own at depth 8, which the plan does not follow
+
+
+def test_at_base_width_and_depth_the_rewrite_is_the_original_bit_for_bit():
+    torch.manual_seed(3)
+    result = mupify(make_model, base=BASE, target=BASE, example_inputs=ids(), depth_base=2, depth_target=2)
+    torch.manual_seed(3)
+    original = make_model(BASE, depth=2)
+    assert not result.plan.edits
+    for (name, a), (_, b) in zip(result.model.state_dict().items(), original.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(result.model(*ids()), original(*ids()))
+
+
+def test_the_deep_model_folds_to_a_plain_one():
+    result = mupify(make_model, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2, depth_target=4)
+    assert all("into" in e.fold for e in result.plan.edits if e.kind == "branch_multiplier")
+    folded = fold(result.model, result.plan, example_inputs=ids())  # checks the outputs itself
+    torch.testing.assert_close(folded(*ids()), result.model(*ids()), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("factory, message", [
+    (lambda width, depth=2: Gpt(width, depth, post_ln=True), "post-LN"),
+    (lambda width, depth=2: Gpt(width, depth, extra_blocks=1), "not in proportion to the depth"),
+    (lambda width, depth=2: Gpt(width, 2), "no block of the model repeats in proportion"),
+])
+def test_what_depth_transfer_cannot_scale_is_refused(factory, message):
+    with pytest.raises(MuRewriteError, match=message):
+        mupify(factory, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2, depth_target=8, verify_width=False)
+
+
+def test_depth_arguments_come_in_pairs():
+    with pytest.raises(MuRewriteError, match="both depth_base and depth_target"):
+        mupify(make_model, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2)
