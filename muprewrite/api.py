@@ -85,6 +85,8 @@ def mupify(factory, *, base: int, target: int, delta: int | None = None, example
     default 2 * depth_base, tells which blocks repeat with depth).
     """
     widths = _check_widths(base, delta, target)
+    if depth_base is not None and depth_target is None:
+        depth_target = getattr(factory, "depth", None)  # a Hugging Face factory: its config's own layer count
     depths = check_depths(depth_base, depth_target, depth_delta)
     factory = AtDepth(factory, depths.target) if depths else factory
     families = _families(optimizers)

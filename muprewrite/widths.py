@@ -60,7 +60,8 @@ def check_depths(base: int | None, target: int | None, delta: int | None = None)
     if base is None and target is None and delta is None:
         return None
     if base is None or target is None:
-        raise MuRewriteError("depth transfer needs both depth_base and depth_target (--depth-base, --depth-target)")
+        raise MuRewriteError("depth transfer needs both depth_base and depth_target (--depth-base, --depth-target; "
+                             "a Hugging Face config's own layer count is its default target)")
     delta = 2 * base if delta is None else delta
     for name, value in (("depth_base", base), ("depth_delta", delta), ("depth_target", target)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -132,6 +132,43 @@ def test_what_depth_transfer_cannot_scale_is_refused(factory, message):
         mupify(factory, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2, depth_target=8, verify_width=False)
 
 
+def test_a_hugging_face_config_gives_its_own_target_depth_and_keeps_each_kind_of_layer():
+    hf = pytest.importorskip("muprewrite.hf")
+    from muprewrite.hf.depth import spec_at_depth
+
+    pattern = {"num_hidden_layers": 6, "layer_types": ["sliding"] * 5 + ["full"]}
+    assert spec_at_depth(pattern, 12)["layer_types"] == (["sliding"] * 5 + ["full"]) * 2
+    with pytest.raises(MuRewriteError, match="would have no 'full' layer; use a depth of at least 6"):
+        spec_at_depth(pattern, 4)
+    make_model = hf.factory("llama")
+    assert len(make_model(64, depth=3).model.layers) == 3
+
+
 def test_depth_arguments_come_in_pairs():
     with pytest.raises(MuRewriteError, match="both depth_base and depth_target"):
         mupify(make_model, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2)
+
+
+def test_hugging_face_llama_matches_a_completep_twin_made_with_hooks():
+    """hf:llama at depth 4 from a depth-2 proxy: the realized model is the width-only muP model whose
+    attention and MLP outputs (the residual branches) are scaled by hooks, on the same weights."""
+    hf = pytest.importorskip("muprewrite.hf")
+    make_model = hf.factory("llama")
+    base, _, target = hf.widths(make_model)
+    inputs = hf.example_inputs("llama")
+    deep = mupify(make_model, base=base, target=target, example_inputs=inputs, depth_base=2, depth_target=4,
+                  options={"depth_alpha": 0.5})
+    twin = mupify(lambda width: make_model(width, depth=4), base=base, target=target, example_inputs=inputs)
+    twin.model.load_state_dict(deep.model.state_dict())
+    factor = (4 / 2) ** -0.5
+    for layer in twin.model.model.layers:
+        for branch in (layer.self_attn, layer.mlp):
+            branch.register_forward_hook(lambda module, args, out: (out[0] * factor, *out[1:]) if isinstance(out, tuple)
+                                         else out * factor)
+    deep.model.eval(), twin.model.eval()
+    torch.testing.assert_close(deep.model(**inputs).logits, twin.model(**inputs).logits, rtol=1e-5, atol=1e-6)
+    assert make_model.depth == 2  # the config's own layer count: the default target depth
+    for name, entry in deep.plan.parameters.items():
+        in_blocks = name.startswith("model.layers.")
+        expected = twin.plan.parameters[name].lr_mult["adam"] * (factor if in_blocks else 1.0)  # m_L^(alpha-1)
+        assert entry.lr_mult["adam"] == pytest.approx(expected), name

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import MuRewriteError
 from .configs import _build_config, _build_model, _transformers, _with_fixed, model_types
+from .depth import config_depth, spec_at_depth
 from .encoder_states import WithEncoderStates, with_encoder_states
 from .inputs import _image_shape, _token_ids
 from .modal import modal_inputs
@@ -65,11 +66,13 @@ def _factory(source, grow: str, fixed: dict, widen, task, transformers):
     target = _build_config(source.config_class, spec, source.model_type, "the target")
     rule = _width_rule(source, spec, target, grow, fixed, widen, task, model_class)
 
-    def make_model(width: int):
-        """The model whose hidden size is `width`."""
+    def make_model(width: int, depth: int | None = None):
+        """The model whose hidden size is `width` (and layer count `depth`, if given: depth transfer)."""
         if not isinstance(width, int) or isinstance(width, bool) or width <= 0:
             raise MuRewriteError(f"width must be a positive integer, got {width!r}")
-        config = _build_config(source.config_class, _spec_at(spec, rule, width), source.model_type, f"width {width}",
+        at_width = _spec_at(spec, rule, width)
+        at_width = at_width if depth is None else spec_at_depth(at_width, depth)
+        config = _build_config(source.config_class, at_width, source.model_type, f"width {width}",
                                rule.width_multiple)
         if hasattr(config, "use_cache"):
             config.use_cache = False
@@ -81,6 +84,7 @@ def _factory(source, grow: str, fixed: dict, widen, task, transformers):
     make_model.width_rule = rule.as_dict()
     make_model.rule, make_model.config, make_model.task = rule, target, task
     make_model.model_class = model_class
+    make_model.depth = config_depth(spec)  # the target's layer count: depth transfer's default target depth
     return make_model
 
 
