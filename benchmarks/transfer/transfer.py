@@ -264,8 +264,9 @@ def evaluate(model, batches: Batches) -> float:
     return sum(losses) / len(losses)
 
 
-def train_run(cfg: Config, side: str, width: int, log2_lr: float, batches: Batches, device, on_step) -> dict:
-    """One run. Diverged: a non-finite loss, or a final validation loss above the initial one.
+def train_run(cfg: Config, side: str, width: int, log2_lr: float, batches: Batches, device, on_step,
+              build=build) -> dict:
+    """One run (`build`: the model and optimizer, as `build` below; depth.py passes its own). Diverged: a non-finite loss, or a final validation loss above the initial one.
     To save time a run stops early (and counts as diverged) when the training loss is non-finite,
     or when after 30% of the steps (and at least 50) its running mean is still above the initial
     validation loss."""
