@@ -68,6 +68,10 @@ def check_depths(base: int | None, target: int | None, delta: int | None = None)
             raise MuRewriteError(f"{name} must be a positive integer, got {value!r}")
     if delta == base:
         raise MuRewriteError(f"depth_delta must differ from depth_base ({base}); e.g. depth_delta = 2 * depth_base")
+    if target < base:
+        raise MuRewriteError(f"depth_target {target} is below depth_base {base}: depth transfer goes from a shallow "
+                             "proxy to a deeper target; swap them (a Hugging Face config's own layer count is the "
+                             "default target)")
     return Depths(base, delta, target)
 
 

@@ -147,6 +147,8 @@ def test_a_hugging_face_config_gives_its_own_target_depth_and_keeps_each_kind_of
 def test_depth_arguments_come_in_pairs():
     with pytest.raises(MuRewriteError, match="both depth_base and depth_target"):
         mupify(make_model, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2)
+    with pytest.raises(MuRewriteError, match="depth_target 2 is below depth_base 4"):
+        mupify(make_model, base=BASE, target=TARGET, example_inputs=ids(), depth_base=4, depth_target=2)
 
 
 def test_hugging_face_llama_matches_a_completep_twin_made_with_hooks():
