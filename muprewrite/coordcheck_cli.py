@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .coordcheck import DEFAULT_LR, DEFAULT_MULTIPLIERS, DEFAULT_SEEDS, DEFAULT_STEPS, DEFAULT_THRESHOLD, OPTIMIZERS, coordcheck
+from .coordcheck_depth import coordcheck_depth
 from .cli_common import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, example_inputs, guarded, parse_options  # noqa: F401 (exit codes re-exported)
 from .errors import MuRewriteError
 from .rules import PARAMETRIZATIONS
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     widths.add_argument("--widths", type=_int_list, help="widths to check, e.g. 32,64,128")
     widths.add_argument("--multipliers", type=_number_list,
                         help=f"widths as multiples of the base (default: {','.join(map(str, DEFAULT_MULTIPLIERS))})")
+    widths.add_argument("--depths", type=_int_list, help="the depth check instead, at the base width: depths to check, "
+                        "e.g. 2,4,8,16 (make_model(width, depth=L); the plans of depth transfer from the first)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     parser.add_argument("--lr", type=float, help="learning rate (default: " +
@@ -70,6 +73,8 @@ def run(args) -> int:
         if not args.widths:
             raise MuRewriteError("no base width: pass --base N or --widths, or define BASE_WIDTH in the model file")
         base = min(args.widths)
+    if args.depths:
+        return _depth_check(args, factory, module, base)
     result = coordcheck(
         factory, base=base, delta=args.delta, widths=args.widths,
         multipliers=args.multipliers or DEFAULT_MULTIPLIERS, example_inputs=example_inputs(module),
@@ -86,6 +91,26 @@ def run(args) -> int:
         paths = result.save(args.out)
         if not args.json:
             Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}")
+    return EXIT_PASS if result.passed else EXIT_FAIL
+
+
+def _depth_check(args, factory, module, width: int) -> int:
+    if args.optimizer != "adam" or args.parametrization != "mup":
+        raise MuRewriteError("the depth check trains with Adam on muP's plans (depth rules are Adam's); drop "
+                             "--optimizer/--parametrization")
+    result = coordcheck_depth(factory, width=width, depths=args.depths, example_inputs=example_inputs(module),
+                              steps=args.steps, lr=args.lr, seeds=args.seeds, seed=args.seed, threshold=args.threshold,
+                              options=parse_options(args.option), compare=not args.no_sp,
+                              progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(result.to_json())
+    else:
+        Console().print(result.table())
+        Console(highlight=False).print(result.verdict(), markup=False)
+    if args.out:
+        paths = result.save(args.out)
+        if not args.json:
+            Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
     return EXIT_PASS if result.passed else EXIT_FAIL
 
 

@@ -14,7 +14,7 @@ LAYERS = {
     "planning": "passes.decide passes.foldable passes.fold_walk passes.lint passes.stamp",
     "apply": "passes.realize passes.rewrite passes.verify passes.emit passes.fold",
     "pipeline and report": "pipeline loading hf hf.* report report_*",
-    "api": "api coordcheck coordcheck_result",
+    "api": "api coordcheck coordcheck_depth coordcheck_result",
     "commands": "cli cli_common coordcheck_cli fold_cli muprewrite passes",
 }
 
