@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import MuRewriteError
 from .. import optimizers
 from ..plan import Plan
+from .repeats import inside
 
 
 def param_groups(model: nn.Module, plan: Plan, lr: float, weight_decay: float = 0.0,
@@ -39,8 +40,7 @@ def param_groups(model: nn.Module, plan: Plan, lr: float, weight_decay: float = 
                                  "make the plan again")
         lr_mult, wd_mult = entry.lr_mult[family.name], entry.wd_mult[family.name]
         if lr_mult is None:
-            raise MuRewriteError(f"parameter '{name}': no exact {family.name} rule (its init is not centred, so "
-                                 "muP changes its RMS by an amount the plan does not know); use optimizer='adamw'")
+            raise MuRewriteError(_no_rule(plan, name, entry, family.name))
         route = entry.routes.get(family.name, family.name)
         takes_eps = eps is not None and (family.takes_eps and route != "muon")
         key = (lr * lr_mult, weight_decay * wd_mult, eps * entry.eps_mult if takes_eps else None)
@@ -66,6 +66,16 @@ def build_optimizer(model: nn.Module, plan: Plan, optimizer: str, lr: float, wei
     groups = param_groups(model, plan, lr, weight_decay, optimizer, eps)
     routed = groups if isinstance(groups, dict) else {family.name: groups}
     return family.build(routed, **settings)
+
+
+def _no_rule(plan: Plan, name: str, entry, family: str) -> str:
+    planned = next(key for key, value in plan.parameters.items() if value is entry)
+    depth = plan.depth or {}
+    if depth.get("multiplier", 1.0) != 1.0 and any(inside(planned, block) for block in depth["blocks"]):
+        return (f"parameter '{name}' is inside the blocks that repeat with depth, and {family} has no stated depth "
+                "rule (CompleteP's and depth-muP's are Adam's); use optimizer='adamw'")
+    return (f"parameter '{name}': no exact {family} rule (its init is not centred, so muP changes its RMS by an "
+            "amount the plan does not know); use optimizer='adamw'")
 
 
 # components that wrappers add to parameter names: DDP/FSDP1 ("module", "_fsdp_wrapped_module"),

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muprewrite import fold, mupify
+from muprewrite import Plan, apply_plan, fold, mupify
 from muprewrite.errors import MuRewriteError
 
 BASE, TARGET, VOCAB, SEQ = 32, 64, 61, 8
@@ -84,7 +84,7 @@ def test_the_plan_is_the_hand_written_completep_twin(alpha):
         assert entry.lr_mult["adam"] == pytest.approx(hand.lr_mult["adam"] * (multiplier ** (alpha - 1) if in_blocks else 1))
         assert entry.init_std == pytest.approx(hand.init_std)  # no depth term in the init
         assert (entry.lr_mult["sgd"] is None) == in_blocks  # no stated depth rule for SGD
-    with pytest.raises(MuRewriteError):
+    with pytest.raises(MuRewriteError, match="inside the blocks that repeat with depth, and sgd has no stated depth rule"):
         deep.param_groups(lr=1e-3, optimizer="sgd")
     groups = deep.param_groups(lr=1e-3, optimizer="adamw")
     assert {round(g["lr"] / 1e-3, 9) for g in groups} >= {round(multiplier ** (alpha - 1) / 2, 9)}  # hidden: 1/m_N x depth
@@ -113,6 +113,17 @@ def test_at_base_width_and_depth_the_rewrite_is_the_original_bit_for_bit():
     for (name, a), (_, b) in zip(result.model.state_dict().items(), original.state_dict().items()):
         assert torch.equal(a, b), name
     assert torch.equal(result.model(*ids()), original(*ids()))
+
+
+def test_a_saved_deep_plan_applies_to_a_checkpoint(tmp_path):
+    result = mupify(make_model, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2, depth_target=4)
+    result.save(tmp_path)
+    torch.save(result.model.state_dict(), tmp_path / "model.pt")
+    restored = make_model(TARGET, depth=4)
+    restored.load_state_dict(torch.load(tmp_path / "model.pt"))
+    restored = apply_plan(restored, Plan.load(tmp_path / "plan.json"))
+    assert Plan.load(tmp_path / "plan.json").depth == result.plan.depth
+    torch.testing.assert_close(restored(*ids()), result.model(*ids()), rtol=0, atol=0)
 
 
 def test_the_deep_model_folds_to_a_plain_one():
