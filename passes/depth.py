@@ -55,8 +55,8 @@ class DepthAnalysis:
 
 def analyse_depth(factory: AtDepth, depths: Depths, width: int, target_model: nn.Module, residuals: list,
                   flow) -> DepthAnalysis:
-    groups = {depth: _groups(build_model(AtDepth(factory.factory, depth), width, "meta"))
-              for depth in (depths.base, depths.delta)}
+    shallow = {depth: build_model(AtDepth(factory.factory, depth), width, "meta") for depth in (depths.base, depths.delta)}
+    groups = {depth: _groups(model) for depth, model in shallow.items()}
     groups[depths.target] = _groups(target_model)
     counts, blocks = {}, []
     for first, members in groups[depths.target].items():
@@ -73,6 +73,7 @@ def analyse_depth(factory: AtDepth, depths: Depths, width: int, target_model: nn
     analysis.branches = [r for r in residuals if analysis.holds(r.module)]
     _refuse(analysis, flow)
     _refuse_adds_outside(analysis, residuals, flow)
+    _refuse_growing_outside(analysis, residuals, flow, shallow, [p for p in flow.parameters()])
     return analysis
 
 
@@ -81,12 +82,15 @@ def with_proxy_init(factory: AtDepth, depths: Depths, widths, init: dict, target
     model at the base depth, a tensor of a block the base depth lacks read off its representative
     (CompleteP keeps the proxy's init at every depth: GPT-2's 0.02/sqrt(2 L) is not followed to depth L)."""
     proxy = AtDepth(factory.factory, depths.base)
-    scanned = scan_init(proxy, widths, find_repeats(build_model(proxy, widths.base, "meta")))
+    proxy_copies = find_repeats(build_model(proxy, widths.base, "meta"))
+    scanned = scan_init(proxy, widths, proxy_copies)
     copies = find_repeats(target_model)
     with_proxy = {}
     for name, stats in init.items():
-        source = name if name in scanned else representative_of(name, copies)
-        if source not in scanned:
+        deep = representative_of(name, copies) or name  # a block the proxy lacks: its representative's
+        source = next((n for n in (name, deep, representative_of(name, proxy_copies),
+                                   representative_of(deep, proxy_copies)) if n in scanned), None)
+        if source is None:
             raise MuRewriteError(f"parameter '{name}' has no counterpart in the model at the base depth "
                                  f"{depths.base}, so its proxy init is unknown; make the depth argument add or "
                                  "remove whole blocks only")
@@ -111,6 +115,38 @@ def _refuse_adds_outside(analysis: DepthAnalysis, residuals: list, flow) -> None
                 f"the residual add {r.node} in {where(flow, r.node, r.module)} adds the output of "
                 f"{flow.module(r.branch[-1])}, a block that repeats with depth, outside that block; depth transfer "
                 "needs the add inside the block's forward (x + F(x) written in the block)")
+
+
+def _refuse_growing_outside(analysis: DepthAnalysis, residuals: list, flow, shallow: dict, parameters: list) -> None:
+    """A residual add or a parameter outside the blocks found to repeat with depth whose kind of module
+    (its path with the layer indices left out) still grows in number with depth: blocks that depth
+    grows but that are not identical copies (an attribute differs), so they cannot be told apart from
+    the fixed parts; scaling only some of the branches would be silently wrong."""
+    count = {depth: _pattern_counts(model) for depth, model in shallow.items()}
+    (base, delta) = sorted(count)
+    places = [(r.module, f"the residual add {r.node} in {where(flow, r.node, r.module)}") for r in residuals
+              if not analysis.holds(r.module)]
+    places += [(name.rpartition(".")[0], f"parameter '{name}'") for name in parameters
+               if not analysis.holds(name.rpartition(".")[0])]
+    for module, what in places:
+        pattern = _pattern(module)
+        if count[base].get(pattern, 0) != count[delta].get(pattern, 0):
+            raise MuRewriteError(
+                f"{what} belongs to modules like {pattern} whose number grows with depth ({count[base].get(pattern, 0)} "
+                f"at depth {base}, {count[delta].get(pattern, 0)} at {delta}), but they are not identical copies of "
+                "one block, so depth transfer cannot tell which branches repeat; make the blocks identical (the same "
+                "classes, shapes and plain attributes but the layer index)")
+
+
+def _pattern(module: str) -> str:
+    return ".".join("#" if part.isdigit() else part for part in module.split(".")) if module else ""
+
+
+def _pattern_counts(model: nn.Module) -> dict:
+    counts = {}
+    for name, _ in model.named_modules():
+        counts[_pattern(name)] = counts.get(_pattern(name), 0) + 1
+    return counts
 
 
 def _refuse(analysis: DepthAnalysis, flow) -> None:

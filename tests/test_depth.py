@@ -155,6 +155,35 @@ def test_a_hugging_face_config_gives_its_own_target_depth_and_keeps_each_kind_of
     assert len(make_model(64, depth=3).model.layers) == 3
 
 
+class Adapter(nn.Module):
+    def __init__(self, width, index):
+        super().__init__()
+        self.proj, self.tag = nn.Linear(width, width), f"adapter {index}"  # a plain attribute of its own
+
+    def forward(self, x):
+        return x + self.proj(x)
+
+
+class WithAdapters(nn.Module):
+    """Identical blocks, plus one adapter per block that are not identical (each its own tag)."""
+
+    def __init__(self, width, depth=2):
+        super().__init__()
+        self.gpt = Gpt(width, depth)
+        self.adapters = nn.ModuleList(Adapter(width, i) for i in range(depth))
+
+    def forward(self, ids):
+        x = self.gpt.wte(ids) + self.gpt.wpe(torch.arange(ids.shape[1]))
+        for block, adapter in zip(self.gpt.blocks, self.adapters):
+            x = adapter(block(x))
+        return self.gpt.head(self.gpt.ln_f(x))
+
+
+def test_blocks_that_grow_with_depth_but_differ_are_refused():
+    with pytest.raises(MuRewriteError, match="whose number grows with depth .* not identical copies"):
+        mupify(WithAdapters, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2, depth_target=8, verify_width=False)
+
+
 def test_depth_arguments_come_in_pairs():
     with pytest.raises(MuRewriteError, match="both depth_base and depth_target"):
         mupify(make_model, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2)
