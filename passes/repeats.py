@@ -23,6 +23,7 @@ with the copy's tensors.
 from __future__ import annotations
 
 import enum
+import functools
 
 import torch
 from torch import nn
@@ -152,16 +153,35 @@ def _attributes(module: nn.Module, name: str, index_keys: set) -> tuple:
                  for key, value in vars(module).items() if not key.startswith("_") and key != "training")
 
 
-def _canonical(value):
-    """A plain value as itself; anything else by identity, so an object the blocks share matches
-    and one each block made for itself does not."""
+def _canonical(value, depth: int = 0):
+    """A plain value as itself; a container, a `functools.partial` or a small object of plain values
+    (x-transformers' `always(1.0)`, einops' axes_lengths) by what it holds, so one each block made alike
+    matches; anything else by identity, so an object the blocks share matches and one each block made
+    for itself does not."""
     if isinstance(value, _PLAIN):
         return value
-    if isinstance(value, (tuple, list)) and all(isinstance(v, _PLAIN) for v in value):
-        return type(value).__name__, tuple(value)
     if callable(value) and hasattr(value, "__code__"):
         return "code", value.__code__
+    if depth < 3:
+        if isinstance(value, (tuple, list)):
+            return type(value).__name__, tuple(_canonical(v, depth + 1) for v in value)
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            # keyed by names only: a mapping keyed by numbers may be looked up by the index a block is
+            # passed (Zamba2's layer_dic), so each block's own stays told apart by identity
+            return "dict", tuple((k, _canonical(v, depth + 1)) for k, v in value.items())
+        if isinstance(value, functools.partial):
+            return "partial", _canonical(value.func, depth + 1), _canonical(value.args, depth + 1), \
+                _canonical(value.keywords, depth + 1)
+        if _plain_object(value):
+            return "object of", type(value), _canonical(vars(value), depth + 1)
     return "object", id(value)
+
+
+def _plain_object(value) -> bool:
+    """An instance of a Python class holding only plain values (no module, tensor or other object)."""
+    fields = getattr(value, "__dict__", None)
+    return (isinstance(fields, dict) and not isinstance(value, (nn.Module, torch.Tensor, type))
+            and all(isinstance(v, _PLAIN) for v in fields.values()))
 
 
 def _hooks(module: nn.Module) -> tuple:

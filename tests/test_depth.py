@@ -214,3 +214,18 @@ def test_hugging_face_llama_matches_a_completep_twin_made_with_hooks():
         in_blocks = name.startswith("model.layers.")
         expected = twin.plan.parameters[name].lr_mult["adam"] * (factor if in_blocks else 1.0)  # m_L^(alpha-1)
         assert entry.lr_mult["adam"] == pytest.approx(expected), name
+
+
+def test_x_transformers_decoder_gets_every_branch_scaled():
+    """A library's own blocks (x-transformers: attention and feed-forward layers alternating, each with
+    its Residual module): 2 branches per depth unit, verified."""
+    xt = pytest.importorskip("x_transformers")
+
+    def make(width, depth=2):
+        return xt.TransformerWrapper(num_tokens=VOCAB, max_seq_len=SEQ,
+                                     attn_layers=xt.Decoder(dim=width, depth=depth, heads=2, attn_dim_head=width // 2))
+
+    result = mupify(make, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2, depth_target=6,
+                    materialize=False)
+    assert sum(e.kind == "branch_multiplier" for e in result.plan.edits) == 2 * 6
+    assert result.report.verification is not None

@@ -9,6 +9,7 @@ init std is its representative's estimate where the full analysis measures the c
 (the same distribution, within sampling error); everything else must be equal.
 """
 
+import functools
 import importlib
 import math
 
@@ -184,6 +185,35 @@ def test_a_differing_plain_attribute_separates_blocks():
             self.sliding = index % 2 == 1
 
     assert find_repeats(Stack(16, block=Flagged)) == {"blocks.2": "blocks.0", "blocks.3": "blocks.1"}
+
+
+class Always:
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, *args):
+        return self.value
+
+
+def test_objects_each_block_makes_alike_do_not_separate_blocks():
+    """x-transformers' blocks each hold their own always(1.0), functools.partial(softmax) and einops'
+    {"h": 2}: alike in what they hold, so copies; a dict keyed by numbers (Zamba2's layer_dic, looked
+    up by the index a block is passed) stays the block's own."""
+    class Configured(Block):
+        def __init__(self, width, index=0):
+            super().__init__(width, index)
+            self.mix, self.attend = Always(1.0), functools.partial(torch.softmax, dim=-1)
+            self.axes = {"h": 2}
+
+    assert find_repeats(Stack(16, block=Configured)) == {"blocks.1": "blocks.0", "blocks.2": "blocks.0",
+                                                          "blocks.3": "blocks.0"}
+
+    class Indexed(Block):
+        def __init__(self, width, index=0):
+            super().__init__(width, index)
+            self.layer_dic = {1: 0, 3: 1}
+
+    assert find_repeats(Stack(16, block=Indexed)) == {}
 
 
 def test_shared_tensors_are_not_copies():
