@@ -44,7 +44,8 @@ sys.meta_path.insert(0, ThisCheckout())
 
 
 def examples() -> dict:
-    return {f"example:{path.stem}": path for path in sorted((ROOT / "examples").glob("*.py"))}
+    return {f"example:{path.stem}": path for path in sorted((ROOT / "examples").glob("*.py"))
+            if "def make_model(" in path.read_text()}  # nanogpt.py is the GPT the examples share
 
 
 def hf_types() -> list:
