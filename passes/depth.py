@@ -3,11 +3,11 @@
 Reads:  the user's factory `make_model(width, depth=L)`, the depths (base, delta, target), the
         model built at the target depth, and the residual adds (passes/residuals.py) of its capture.
 Returns: a `DepthAnalysis`: the blocks whose count grows in proportion to depth (found by building
-        the model on meta at the base and delta depths and grouping identical blocks,
-        passes/repeats.py), the residual adds inside them (each gets the branch multiplier
+        the model on meta at the base and delta depths and counting its modules of each kind: a
+        path with its layer indices left out), the residual adds inside them (each gets the branch multiplier
         m_L^-alpha, m_L = depth / base depth) and the parameters inside them (their LR and eps take
-        the depth factors). Fail closed, one line each: a block group whose count changes with depth
-        but not in proportion to it, a repeating branch added after a norm on the stream (post-LN:
+        the depth factors). Fail closed, one line each: a kind of module whose count changes with
+        depth but not in proportion to it, a repeating branch added after a norm on the stream (post-LN:
         no identity path for the multiplier to act on), no repeating branch at all.
 """
 
@@ -46,7 +46,7 @@ class DepthAnalysis:
     depths: Depths
     blocks: list  # module paths, at the target depth, of the blocks that repeat with depth
     branches: list  # the residual adds (passes/residuals.Residual) inside them
-    counts: dict  # a repeating group's first block -> its number of blocks at (base, delta, target) depth
+    counts: dict  # a kind of block (its path, layer indices as "#") -> its number at (base, delta, target) depth
 
     def holds(self, module: str) -> bool:
         """Whether `module` runs inside a block that repeats with depth."""
@@ -55,25 +55,23 @@ class DepthAnalysis:
 
 def analyse_depth(factory: AtDepth, depths: Depths, width: int, target_model: nn.Module, residuals: list,
                   flow) -> DepthAnalysis:
-    shallow = {depth: build_model(AtDepth(factory.factory, depth), width, "meta") for depth in (depths.base, depths.delta)}
-    groups = {depth: _groups(model) for depth, model in shallow.items()}
-    groups[depths.target] = _groups(target_model)
-    counts, blocks = {}, []
-    for first, members in groups[depths.target].items():
-        count = tuple(len(groups[d].get(first, [first])) for d in (depths.base, depths.delta, depths.target))
-        if count[0] == count[1] == count[2]:
-            continue  # as many blocks at every depth: not what depth grows
-        if any(n * depths.base != count[0] * d for n, d in zip(count, (depths.base, depths.delta, depths.target))):
-            raise MuRewriteError(
-                f"the blocks repeating {first} number {count[0]}, {count[1]} and {count[2]} at depths {depths.base}, "
-                f"{depths.delta} and {depths.target}: not in proportion to the depth, so no depth multiplier fits them; "
-                "make the factory's depth argument the number of blocks")
-        counts[first], blocks = count, blocks + members
-    analysis = DepthAnalysis(depths, blocks, [], counts)
+    """The blocks are the modules of each kind (a path with its layer indices left out, `blocks.#`)
+    whose number is in proportion to the depth at the base, delta and target depths — the outermost
+    such kind, so T5's first block, which differs from the others, is one of them too."""
+    models = {depths.base: build_model(AtDepth(factory.factory, depths.base), width, "meta"),
+              depths.delta: build_model(AtDepth(factory.factory, depths.delta), width, "meta"),
+              depths.target: target_model}
+    counts = {depth: _pattern_counts(model) for depth, model in models.items()}
+    at = lambda pattern: tuple(counts[d].get(pattern, 0) for d in (depths.base, depths.delta, depths.target))  # noqa: E731
+    proportional = {p for p in counts[depths.target] if len(set(at(p))) > 1 and
+                    all(n * depths.base == at(p)[0] * d for n, d in zip(at(p), (depths.base, depths.delta, depths.target)))}
+    outermost = {p for p in proportional if not any(p != q and inside(p, q) for q in proportional)}
+    blocks = [name for name, _ in target_model.named_modules() if _pattern(name) in outermost]
+    analysis = DepthAnalysis(depths, blocks, [], {p: at(p) for p in sorted(outermost)})
     analysis.branches = [r for r in residuals if analysis.holds(r.module)]
+    _refuse_growing_outside(analysis, residuals, flow, counts, list(flow.parameters()))
     _refuse(analysis, flow)
     _refuse_adds_outside(analysis, residuals, flow)
-    _refuse_growing_outside(analysis, residuals, flow, shallow, [p for p in flow.parameters()])
     return analysis
 
 
@@ -98,14 +96,6 @@ def with_proxy_init(factory: AtDepth, depths: Depths, widths, init: dict, target
     return with_proxy
 
 
-def _groups(model: nn.Module) -> dict:
-    """First block -> every block identical to it (itself first), from the model's own structure."""
-    groups = {}
-    for copy, first in find_repeats(model).items():
-        groups.setdefault(first, [first]).append(copy)
-    return groups
-
-
 def _refuse_adds_outside(analysis: DepthAnalysis, residuals: list, flow) -> None:
     """A block's output added to the stream outside the block (`x = x + block(x)` in the parent's forward):
     where the blocks are analysed once, the other blocks' adds are not seen as residual."""
@@ -117,25 +107,23 @@ def _refuse_adds_outside(analysis: DepthAnalysis, residuals: list, flow) -> None
                 "needs the add inside the block's forward (x + F(x) written in the block)")
 
 
-def _refuse_growing_outside(analysis: DepthAnalysis, residuals: list, flow, shallow: dict, parameters: list) -> None:
-    """A residual add or a parameter outside the blocks found to repeat with depth whose kind of module
-    (its path with the layer indices left out) still grows in number with depth: blocks that depth
-    grows but that are not identical copies (an attribute differs), so they cannot be told apart from
-    the fixed parts; scaling only some of the branches would be silently wrong."""
-    count = {depth: _pattern_counts(model) for depth, model in shallow.items()}
-    (base, delta) = sorted(count)
+def _refuse_growing_outside(analysis: DepthAnalysis, residuals: list, flow, counts: dict, parameters: list) -> None:
+    """A residual add or a parameter outside the blocks whose kind of module still changes in number
+    with depth, but not in proportion to it (the depth argument is not the number of blocks: L + 1
+    layers, say): no depth multiplier fits it, and leaving it out would be silently wrong."""
     places = [(r.module, f"the residual add {r.node} in {where(flow, r.node, r.module)}") for r in residuals
               if not analysis.holds(r.module)]
     places += [(name.rpartition(".")[0], f"parameter '{name}'") for name in parameters
                if not analysis.holds(name.rpartition(".")[0])]
+    depths = sorted(counts)
     for module, what in places:
         pattern = _pattern(module)
-        if count[base].get(pattern, 0) != count[delta].get(pattern, 0):
+        numbers = [counts[d].get(pattern, 0) for d in depths]
+        if len(set(numbers)) > 1:
             raise MuRewriteError(
-                f"{what} belongs to modules like {pattern} whose number grows with depth ({count[base].get(pattern, 0)} "
-                f"at depth {base}, {count[delta].get(pattern, 0)} at {delta}), but they are not identical copies of "
-                "one block, so depth transfer cannot tell which branches repeat; make the blocks identical (the same "
-                "classes, shapes and plain attributes but the layer index)")
+                f"{what} belongs to modules like {pattern} whose number changes with depth but not in proportion "
+                f"to it ({', '.join(map(str, numbers))} at depths {', '.join(map(str, depths))}), so no depth "
+                "multiplier fits them; make the factory's depth argument the number of blocks")
 
 
 def _pattern(module: str) -> str:
@@ -152,7 +140,7 @@ def _pattern_counts(model: nn.Module) -> dict:
 def _refuse(analysis: DepthAnalysis, flow) -> None:
     if not analysis.blocks:
         raise MuRewriteError("depth transfer asked, but no block of the model repeats in proportion to the depth "
-                             "argument (the factory's depth= changes no count of identical blocks)")
+                             "argument (the factory's depth= changes the number of no kind of module in proportion)")
     if not analysis.branches:
         raise MuRewriteError(f"depth transfer asked, but the blocks that repeat with depth ({analysis.blocks[0]}, "
                              "...) hold no residual add (x + F(x)); depth-muP and CompleteP scale residual branches")

@@ -135,7 +135,7 @@ def test_the_deep_model_folds_to_a_plain_one():
 
 @pytest.mark.parametrize("factory, message", [
     (lambda width, depth=2: Gpt(width, depth, post_ln=True), "post-LN"),
-    (lambda width, depth=2: Gpt(width, depth, extra_blocks=1), "not in proportion to the depth"),
+    (lambda width, depth=2: Gpt(width, depth, extra_blocks=1), "number changes with depth but not in proportion"),
     (lambda width, depth=2: Gpt(width, 2), "no block of the model repeats in proportion"),
 ])
 def test_what_depth_transfer_cannot_scale_is_refused(factory, message):
@@ -180,8 +180,23 @@ class WithAdapters(nn.Module):
 
 
 def test_blocks_that_grow_with_depth_but_differ_are_refused():
-    with pytest.raises(MuRewriteError, match="whose number grows with depth .* not identical copies"):
+    """Adapters that depth grows but that are not copies of one: the proxy has no init for the deep ones."""
+    with pytest.raises(MuRewriteError, match="'adapters.2.proj.weight' has no counterpart in the model at the base depth"):
         mupify(WithAdapters, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2, depth_target=8, verify_width=False)
+
+
+def test_t5_whose_first_block_differs_scales_every_block():
+    """T5's first block holds the relative position bias: it differs from the others, yet it is one of
+    the L blocks depth grows (encoder and decoder), so every residual branch is scaled."""
+    hf = pytest.importorskip("muprewrite.hf")
+    make_model = hf.factory("t5")
+    base, _, target = hf.widths(make_model)
+    result = mupify(make_model, base=base, target=target, example_inputs=hf.example_inputs("t5"), depth_base=2,
+                    depth_target=4, materialize=False, verify_width=False)
+    blocks = result.plan.depth["blocks"]
+    assert {"encoder.block.0", "encoder.block.3", "decoder.block.0", "decoder.block.3"} <= set(blocks)
+    # per block: encoder self-attention + MLP, decoder self-attention + cross-attention + MLP
+    assert sum(e.kind == "branch_multiplier" for e in result.plan.edits) == 4 * 2 + 4 * 3
 
 
 def test_depth_arguments_come_in_pairs():

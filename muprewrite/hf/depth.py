@@ -12,7 +12,8 @@ import copy
 
 from ..errors import MuRewriteError
 
-LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers", "decoder_layers")
+LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers", "encoder_layers",
+                "decoder_layers")
 
 
 def config_depth(spec: dict) -> int | None:
