@@ -7,10 +7,15 @@
     plan = analysis.plan_for(256)                            # = mupify(..., target=256).plan, no capture
 """
 
-from .api import Analysis, Result, analyse_widths, apply_plan, fold, fold_report, mupify
-from .errors import MuRewriteError, VerificationError
-from .passes.emit import build_optimizer, param_groups
-from .plan import Plan
+import warnings
+
+# torch warns at import when numpy is missing; muprewrite never hands torch a numpy array
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+
+from .api import Analysis, Result, analyse_widths, apply_plan, fold, fold_report, mupify  # noqa: E402
+from .errors import MuRewriteError, VerificationError  # noqa: E402
+from .passes.emit import build_optimizer, param_groups  # noqa: E402
+from .plan import Plan  # noqa: E402
 
 __all__ = ["mupify", "analyse_widths", "Analysis", "apply_plan", "fold", "fold_report", "param_groups", "build_optimizer", "Plan", "Result", "MuRewriteError", "VerificationError"]
 _SUBMODULES = ("hf", "coordcheck")  # imported on first use: muprewrite.hf needs transformers
