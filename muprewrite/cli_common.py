@@ -8,6 +8,7 @@ import inspect
 import json
 
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import MuRewriteError
 
@@ -64,4 +65,5 @@ def example_inputs(module):
 
 
 def _error(message: str) -> None:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
+    # the message is text, not markup: `pip install 'muprewrite[plots]'` must keep its brackets
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", markup=True)

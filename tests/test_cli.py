@@ -171,3 +171,10 @@ def test_hf_is_reachable_after_import_muprewrite():
     code = "import muprewrite; print(callable(muprewrite.hf.factory))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+
+
+def test_an_error_keeps_its_square_brackets(capsys):
+    from muprewrite.cli_common import _error
+
+    _error("needs matplotlib: pip install 'muprewrite[plots]' (parameter blocks[0].w)")
+    assert "'muprewrite[plots]' (parameter blocks[0].w)" in capsys.readouterr().err
