@@ -79,7 +79,7 @@ def run(args) -> int:
         return 0
     Console().print(result.report)
     if paths:
-        Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}")
+        Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
     return 0
 
 

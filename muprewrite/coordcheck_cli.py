@@ -90,7 +90,7 @@ def run(args) -> int:
     if args.out:
         paths = result.save(args.out)
         if not args.json:
-            Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}")
+            Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
     return EXIT_PASS if result.passed else EXIT_FAIL
 
 

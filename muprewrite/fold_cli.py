@@ -80,7 +80,7 @@ def run(args) -> int:
     paths = _save_hf(folded, out) if is_hf else [write_atomically(out / STATE_DICT, lambda f: torch.save(folded.state_dict(), f))]
     paths.append(write_atomically(out / REPORT, lambda f: f.write(fold_report(plan).encode() + b"\n")))
     Console().print(_summary(plan))
-    Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}")
+    Console(stderr=True).print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
     return 0
 
 
