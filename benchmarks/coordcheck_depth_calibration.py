@@ -12,7 +12,6 @@ Writes benchmarks/results/coordcheck_depth_calibration.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "examples")]
 
-from _common import env_md, environment  # noqa: E402
+from _common import env_md, environment, md_table, write_results  # noqa: E402
 
 WIDTH, DEPTHS, SEEDS = 64, (2, 4, 8, 16), 3
 
@@ -34,7 +33,6 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     rows, start = [], time.perf_counter()
     with Progress() as bar:
@@ -55,22 +53,20 @@ def main() -> int:
                "worst_correct_slope": max(max(r["slopes"]["depth"].values()) for r in rows),
                "mildest_mup_update_slope": min(r["slopes"]["mup"]["update"] for r in completep),
                "seconds": time.perf_counter() - start}
-    args.out.mkdir(parents=True, exist_ok=True)
     data = {"width": WIDTH, "depths": DEPTHS, "seeds_per_run": SEEDS, "rows": rows, "summary": summary,
             "environment": environment()}
-    (args.out / "coordcheck_depth_calibration.json").write_text(json.dumps(data, indent=1))
     s = summary
     lines = ["# Depth check calibration", "",
              f"`python benchmarks/coordcheck_depth_calibration.py --runs {args.runs}`: examples/gpt_depth.py at width "
              f"{WIDTH}, depths {', '.join(map(str, DEPTHS))}, {SEEDS} seeds a run, disjoint seed groups; "
              f"{s['seconds'] / 60:.0f} min.", "",
-             "| model | runs | judged FAIL | target |", "|---|---|---|---|",
-             f"| CompleteP (correct) | {args.runs} | {s['completep_false_fail']} | ≤ 1 |",
-             f"| depth-muP, alpha 1/2 (correct) | {args.runs} | {s['depth_mup_false_fail']} | ≤ 1 |",
-             f"| muP alone on the deep pre-LN GPT (wrong) | {args.runs} | {s['mup_caught']} | ≥ 19 |", "",
+             md_table(["model", "runs", "judged FAIL", "target"],
+                      [["CompleteP (correct)", args.runs, s["completep_false_fail"], "≤ 1"],
+                       ["depth-muP, alpha 1/2 (correct)", args.runs, s["depth_mup_false_fail"], "≤ 1"],
+                       ["muP alone on the deep pre-LN GPT (wrong)", args.runs, s["mup_caught"], "≥ 19"]]), "",
              f"Largest slope of a correct model: {s['worst_correct_slope']:+.3f}; smallest update slope of muP alone: "
              f"{s['mildest_mup_update_slope']:+.3f} (threshold 0.125).", "", env_md(data["environment"])]
-    (args.out / "coordcheck_depth_calibration.md").write_text("\n".join(lines) + "\n")
+    write_results("coordcheck_depth_calibration", "\n".join(lines), data)
     print("\n".join(lines))
     return 0
 

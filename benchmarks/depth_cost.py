@@ -7,9 +7,9 @@ verify_width=False)` on benchmarks/llama_like.py with 80 layers, and the same wi
 alternating, `--repeats` times; the stage timings of the depth run come from the pipeline's
 observer. One run on one machine: ratios, not absolute times, are the result.
 
-    python benchmarks/depth_cost.py [--repeats 3] [--out benchmarks/results]
+    python benchmarks/depth_cost.py [--repeats 3]
 
-Writes OUT/depth_cost.json and OUT/depth_cost.md.
+Writes benchmarks/results/depth_cost.json and .md.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import env_md, environment  # noqa: E402
+from _common import env_md, environment, md_table, write_results  # noqa: E402
 
 LAYERS, BASE, TARGET, DEPTH_BASE = 80, 128, 8192, 4
 
@@ -62,7 +62,6 @@ def run(with_depth: bool) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--worker", choices=("width", "depth"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -79,20 +78,18 @@ def main() -> int:
     result = {"layers": LAYERS, "base": BASE, "target": TARGET, "depth_base": DEPTH_BASE, "runs": runs,
               "median_seconds": median, "ratio": ratio, "depth_stage_seconds": depth_stage,
               "branches": runs["depth"][0]["branches"], "environment": environment()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "depth_cost.json").write_text(json.dumps(result, indent=1))
     lines = ["# Depth transfer's analysis cost (80-layer LLaMA-shaped model)", "",
              f"`python benchmarks/depth_cost.py --repeats {args.repeats}`: mupify (no verification, not materialised) "
              f"at base {BASE}, target {TARGET}, {LAYERS} layers; with depth: depth_base {DEPTH_BASE}, "
              f"depth_target {LAYERS}. Each run a fresh interpreter, alternating; medians.", "",
-             "| analysis | median s | runs (s) |", "|---|---|---|"]
-    for kind, rs in runs.items():
-        seconds = ", ".join(f"{r['seconds']:.2f}" for r in rs)
-        lines.append(f"| {kind} | {median[kind]:.2f} | {seconds} |")
-    lines += ["", f"**Depth / width-only: {ratio:.2f}x** (target ≤ 1.5x); the `depth` stage itself: {depth_stage:.2f} s; "
-              f"{result['branches']} residual branches scaled.", "", env_md(result["environment"])]
-    (args.out / "depth_cost.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             md_table(["analysis", "median s", "runs (s)"],
+                      [[kind, f"{median[kind]:.2f}", ", ".join(f"{r['seconds']:.2f}" for r in rs)]
+                       for kind, rs in runs.items()]),
+             "", f"**Depth / width-only: {ratio:.2f}x** (target ≤ 1.5x); the `depth` stage itself: {depth_stage:.2f} s; "
+             f"{result['branches']} residual branches scaled.", "", env_md(result["environment"])]
+    markdown = "\n".join(lines)
+    print(markdown)
+    write_results("depth_cost", markdown, result)
     return 0
 
 
