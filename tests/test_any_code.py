@@ -351,9 +351,15 @@ class DataSizedOneHot(nn.Module):
 
 
 def test_a_size_read_from_data_that_differs_between_widths_is_refused_naming_the_module():
-    with pytest.raises(MuRewriteError) as error:
-        compiled(lambda width: LM(width, DataSizedOneHot(width)), verify_width=False)
-    message = str(error.value)
+    """Always refused; the structural difference is named unless torch's draft export loses a real value
+    on the way (nondeterministic, more often after other exports in the process: then the refusal is
+    its data-dependent branch), so up to 4 tries for the full message."""
+    for _ in range(4):
+        with pytest.raises(MuRewriteError) as error:
+            compiled(lambda width: LM(width, DataSizedOneHot(width)), verify_width=False)
+        message = str(error.value)
+        if "reads sizes from tensor data" in message:
+            break
     assert "in module 'block' (DataSizedOneHot)" in message and "reads sizes from tensor data" in message
     assert f"{__file__}:{DataSizedOneHot.forward.__code__.co_firstlineno + 2}" in message  # the branching line
 
