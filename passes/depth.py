@@ -71,6 +71,7 @@ def analyse_depth(factory: AtDepth, depths: Depths, width: int, target_model: nn
     analysis.branches = [r for r in residuals if analysis.holds(r.module)]
     _refuse_growing_outside(analysis, residuals, flow, counts, list(flow.parameters()))
     _refuse(analysis, flow)
+    _refuse_kinds_without_branch(analysis)
     _refuse_adds_outside(analysis, residuals, flow)
     return analysis
 
@@ -124,6 +125,17 @@ def _refuse_growing_outside(analysis: DepthAnalysis, residuals: list, flow, coun
                 f"{what} belongs to modules like {pattern} whose number changes with depth but not in proportion "
                 f"to it ({', '.join(map(str, numbers))} at depths {', '.join(map(str, depths))}), so no depth "
                 "multiplier fits them; make the factory's depth argument the number of blocks")
+
+
+def _refuse_kinds_without_branch(analysis: DepthAnalysis) -> None:
+    """A kind of block depth grows in which no residual add was found (a residual written into another
+    op, `torch.addmm(x, h, w)`): its blocks would go unscaled without a word."""
+    for kind in analysis.counts:
+        if not any(_pattern(block) == kind and any(inside(r.module, block) for r in analysis.branches)
+                   for block in analysis.blocks):
+            raise MuRewriteError(
+                f"blocks like {kind} repeat with depth, but muprewrite finds no residual add (x + F(x)) in them, so "
+                "it cannot scale their branches; write the residual as an add in the block's forward")
 
 
 def _pattern(module: str) -> str:

@@ -244,3 +244,30 @@ def test_x_transformers_decoder_gets_every_branch_scaled():
                     materialize=False)
     assert sum(e.kind == "branch_multiplier" for e in result.plan.edits) == 2 * 6
     assert result.report.verification is not None
+
+
+class AddmmResidual(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.ln, self.w = nn.LayerNorm(width), nn.Parameter(torch.randn(width, width) / width ** 0.5)
+
+    def forward(self, x):  # x + ln(x) @ w, the residual written into addmm's bias slot
+        return torch.addmm(x.flatten(0, 1), self.ln(x).flatten(0, 1), self.w).view_as(x)
+
+
+class AddmmStack(nn.Module):
+    def __init__(self, width, depth=2):
+        super().__init__()
+        self.wte, self.blocks = nn.Embedding(VOCAB, width), nn.ModuleList(AddmmResidual(width) for _ in range(depth))
+        self.head = nn.Linear(width, VOCAB)
+
+    def forward(self, ids):
+        x = self.wte(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def test_blocks_with_a_residual_no_add_shows_are_refused():
+    with pytest.raises(MuRewriteError, match="no residual add"):
+        mupify(AddmmStack, base=BASE, target=TARGET, example_inputs=ids(), depth_base=2, depth_target=8, verify_width=False)
